@@ -1,0 +1,84 @@
+#include "noprop/block.h"
+
+namespace noprop {
+namespace nn = torch::nn;
+
+namespace {
+constexpr int kFeatures = 256;  // width of the image, label and fused paths (Fig. 6)
+
+nn::Conv2d conv3x3(int in, int out) { return nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1)); }
+nn::MaxPool2d pool2() { return nn::MaxPool2d(nn::MaxPool2dOptions(2)); }
+
+int conv_out_channels(const BlockOptions& opt) { return opt.architecture == "seed" ? 64 : 128; }
+}  // namespace
+
+nn::Sequential make_conv_path(const BlockOptions& opt) {
+  TORCH_CHECK(opt.height % 4 == 0 && opt.width % 4 == 0, "image size must be a multiple of 4");
+  const double p = opt.dropout;
+  nn::Sequential s;
+  s->push_back(conv3x3(opt.channels, 32));
+  s->push_back(nn::ReLU(nn::ReLUOptions(true)));
+  s->push_back(pool2());
+  s->push_back(nn::Dropout(p));
+  s->push_back(conv3x3(32, 64));
+  s->push_back(nn::ReLU(nn::ReLUOptions(true)));
+  if (opt.architecture == "seed") {
+    s->push_back(pool2());
+    s->push_back(nn::Dropout(p));
+  } else {
+    s->push_back(nn::Dropout(p));
+    s->push_back(conv3x3(64, 128));
+    s->push_back(nn::ReLU(nn::ReLUOptions(true)));
+    s->push_back(pool2());
+    s->push_back(nn::Dropout(p));
+  }
+  s->push_back(nn::Flatten());
+  const int flat = conv_out_channels(opt) * (opt.height / 4) * (opt.width / 4);
+  s->push_back(nn::Linear(flat, kFeatures));
+  s->push_back(nn::BatchNorm1d(kFeatures));
+  return s;
+}
+
+DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
+  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed",
+              "unknown block architecture '", opt.architecture, "'");
+  image_path = register_module("image_path", make_conv_path(opt));
+  if (opt.label_is_image) {
+    label_conv = register_module("label_conv", make_conv_path(opt));
+  } else {
+    label_in = register_module(
+        "label_in", nn::Sequential(nn::Linear(opt.embed_dim, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU()));
+    label_res = register_module(
+        "label_res", nn::Sequential(nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU(),
+                                    nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures)));
+  }
+  fused = register_module(
+      "fused", nn::Sequential(nn::Linear(2 * kFeatures, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU(),
+                              nn::Linear(kFeatures, 128), nn::BatchNorm1d(128), nn::ReLU(),
+                              nn::Linear(128, opt.num_classes)));
+}
+
+torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
+  auto img = image_path->forward(x);
+  torch::Tensor lab;
+  if (options.label_is_image) {
+    lab = label_conv->forward(z.view({z.size(0), options.channels, options.height, options.width}));
+  } else {
+    auto h = label_in->forward(z);
+    lab = label_res->forward(h) + h;
+  }
+  return fused->forward(torch::cat({img, lab}, 1));
+}
+
+double block_forward_flops(const BlockOptions& opt) {
+  const double hw = double(opt.height) * opt.width, hw4 = hw / 4, hw16 = hw / 16;
+  double conv = 9.0 * (opt.channels * 32 * hw + 32 * 64 * hw4);
+  if (opt.architecture != "seed") conv += 9.0 * 64 * 128 * hw4;
+  const double flat = conv_out_channels(opt) * hw16;
+  double image = conv + flat * kFeatures;
+  double label = opt.label_is_image ? image : double(opt.embed_dim) * kFeatures + 2.0 * kFeatures * kFeatures;
+  double fused = 2.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
+  return 2.0 * (image + label + fused);
+}
+
+}  // namespace noprop

@@ -1,0 +1,34 @@
+// Checkpoints: one file holding the method (parameters, buffers, optimizer states), the
+// resolved config, the epoch and the RNG state, so that --resume continues bit-identically.
+// Written to a temporary file and renamed into place.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "noprop/methods/method.h"
+
+namespace noprop {
+
+constexpr int64_t kCheckpointVersion = 1;
+
+struct TrainingState {
+  int64_t epoch = 0;  // completed epochs
+  int64_t step = 0;   // optimisation steps taken
+  double best_test_accuracy = -1;
+  int64_t best_epoch = 0;
+  std::string config_yaml;
+  std::string config_name;
+};
+
+void save_checkpoint(const std::filesystem::path& path, Method& method, const TrainingState& state);
+
+// Reads only the metadata (state and config); Error naming the file when it is not a
+// readable checkpoint of this format.
+TrainingState read_checkpoint_state(const std::filesystem::path& path);
+
+// Loads the method's parameters and optimizer states, and the RNG state when `restore_rng`.
+TrainingState load_checkpoint(const std::filesystem::path& path, Method& method, bool restore_rng);
+
+}  // namespace noprop

@@ -1,0 +1,89 @@
+// Run configuration: one flat struct, read from YAML (configs/NAME.yaml), overridden by
+// `--set key=value` and the common flags. Key names follow the PyTorch seed reproduction
+// where it has them (batch_size, epochs, learning_rate, ...). Every key is validated on
+// read: unknown keys, wrong types and out-of-range values are an Error naming the key.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace noprop {
+
+struct Config {
+  // Data.
+  std::string dataset = "mnist";  // mnist | fashion-mnist | cifar10 | cifar100
+  std::string data_dir;           // empty: --data-dir, $NOPROP_DATA, ./data, /usr/share/datasets
+  bool augment = false;           // CIFAR random crop (pad 4) + horizontal flip; off as in the paper
+  int train_samples = 0;          // use only the first N training samples (0: all), for quick runs
+
+  // Method.
+  std::string method = "dt";                 // dt | backprop
+  int num_layers = 10;                       // T, the number of blocks
+  double eta = 0.1;                          // η of Eq. 8
+  std::string block_order = "interleaved";   // interleaved | sequential (Algorithm 1)
+  double noise_schedule_min = 1e-3;          // ᾱ_min
+  double noise_schedule_max = 0.999;         // ᾱ_max
+  double cosine_s = 0.008;                   // s of the cosine schedule
+  double alpha_init = 0.5;                   // backprop: initial α_t = tanh(w_t) (ours)
+
+  // Model.
+  std::string architecture = "paper";  // paper (Fig. 6, three convs) | seed (two convs)
+  std::string embedding = "one-hot";   // one-hot | learned | prototype
+  int embedding_dim = 20;              // d for learned embeddings
+  std::string head = "softmax";        // softmax | radial (Eq. 14-16)
+  double head_sigma = 1.0;             // σ of the radial head (ours)
+  double dropout = 0.2;
+
+  // Optimisation.
+  std::string optimizer = "adamw";  // adamw | adam
+  int batch_size = 128;
+  int epochs = 100;
+  double learning_rate = 1e-3;
+  double weight_decay = 1e-3;
+  double grad_clip_max_norm = 1.0;  // per block; 0 disables
+  long long seed = 42;
+  bool early_stopping = false;          // stop once test accuracy reaches the target
+  double early_stopping_accuracy = 99.5;
+
+  // Inference and evaluation.
+  bool inference_noise = true;   // false: z_0 = 0 and ε_t = 0, a deterministic chain
+  int inference_runs = 5;        // stochastic runs averaged at the end of training
+  long long inference_seed = 0;
+  int eval_batch_size = 1000;
+  bool train_eval = false;       // also measure training-set accuracy each epoch
+
+  // Logging and checkpoints.
+  int log_interval = 100;        // batches between plain progress lines / per-batch rows
+  bool detailed_logging = false; // per-batch rows in batches.csv
+  bool save_best = true;
+  bool save_final = true;
+
+  // Runtime.
+  std::string device = "cpu";  // cpu | cuda | cuda:N
+  int threads = 0;             // 0: all cores
+};
+
+// Applies every key of a YAML mapping; `source` names the file (or "--set") in errors.
+void apply_yaml(Config& cfg, const std::string& yaml_text, const std::string& source);
+// "key=value", the value parsed as YAML.
+void apply_override(Config& cfg, const std::string& assignment);
+// Checks relations between keys (run after all overrides).
+void validate(const Config& cfg);
+Config load_config_file(const std::filesystem::path& path);
+std::string to_yaml(const Config& cfg);
+
+// Named configs: configs/NAME.yaml, found through $NOPROP_CONFIG_DIR, ./configs, or the
+// source tree the program was built from.
+struct NamedConfig {
+  std::string name;
+  std::string description;  // the first comment line of the file
+  std::filesystem::path path;
+};
+std::vector<NamedConfig> list_named_configs();
+std::filesystem::path find_named_config(const std::string& name);
+
+// Every key with a one-line description, for --help and docs.
+std::vector<std::pair<std::string, std::string>> config_keys();
+
+}  // namespace noprop

@@ -1,0 +1,293 @@
+#include "noprop/data.h"
+
+#include <zlib.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "noprop/util.h"
+
+namespace noprop {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Upper bound on a decompressed file: CIFAR-100 train is 150 MB, MNIST 47 MB.
+constexpr std::size_t kMaxFileBytes = std::size_t(2) << 30;
+
+[[noreturn]] void fail(const fs::path& p, const std::string& what) { throw Error(p.string() + ": " + what); }
+
+// Reads a whole file, transparently gunzipping; truncated or corrupt gzip streams are errors.
+std::vector<uint8_t> read_maybe_gz(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) fail(path, "no such file");
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  gzbuffer(f, 1 << 20);
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> chunk(1 << 20);
+  for (;;) {
+    int n = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()));
+    if (n < 0) {
+      int code = 0;
+      std::string msg = gzerror(f, &code);
+      gzclose(f);
+      fail(path, "corrupt or truncated gzip data (" + msg + ")");
+    }
+    if (n == 0) break;
+    if (out.size() + n > kMaxFileBytes) {
+      gzclose(f);
+      fail(path, "larger than the 2 GiB a data file may have");
+    }
+    out.insert(out.end(), chunk.begin(), chunk.begin() + n);
+  }
+  int code = 0;
+  const char* msg = gzerror(f, &code);
+  if (code != Z_OK && code != Z_STREAM_END) {
+    std::string m = msg;
+    gzclose(f);
+    fail(path, "corrupt or truncated gzip data (" + m + ")");
+  }
+  if (gzclose(f) != Z_OK) fail(path, "corrupt or truncated gzip data");
+  return out;
+}
+
+uint32_t be32(const uint8_t* p) {
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+}
+
+// An IDX file with the expected magic; returns its dimensions after checking the payload
+// length against them.
+std::vector<int64_t> idx_dims(const std::vector<uint8_t>& bytes, const fs::path& path, int ndims) {
+  if (bytes.empty()) fail(path, "empty file");
+  if (bytes.size() < 4) fail(path, "truncated header");
+  uint32_t magic = be32(bytes.data());
+  uint32_t expected = 0x00000800u | uint32_t(ndims);
+  if (magic != expected) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "wrong magic 0x%08x (expected 0x%08x)", magic, expected);
+    fail(path, buf);
+  }
+  std::size_t header = 4 + 4 * std::size_t(ndims);
+  if (bytes.size() < header) fail(path, "truncated header");
+  std::vector<int64_t> dims;
+  uint64_t total = 1;
+  for (int i = 0; i < ndims; ++i) {
+    dims.push_back(be32(bytes.data() + 4 + 4 * i));
+    total *= uint64_t(dims.back());
+    if (total > kMaxFileBytes) fail(path, "header claims more data than a data file may have");
+  }
+  if (dims[0] == 0) fail(path, "holds no items");
+  uint64_t have = bytes.size() - header;
+  if (have < total)
+    fail(path, "truncated: header claims " + std::to_string(total) + " data bytes, file has " +
+                   std::to_string(have));
+  if (have > total)
+    fail(path, "has " + std::to_string(have - total) + " trailing bytes after the data its header claims");
+  return dims;
+}
+
+fs::path find_file(const fs::path& dir, const std::string& base) {
+  for (const auto& cand : {dir / base, dir / (base + ".gz")}) {
+    std::error_code ec;
+    if (fs::is_regular_file(cand, ec)) return cand;
+  }
+  return {};
+}
+
+std::vector<std::string> required_files(const std::string& name) {
+  if (name == "cifar10")
+    return {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+            "data_batch_5.bin", "test_batch.bin"};
+  if (name == "cifar100") return {"train.bin", "test.bin"};
+  return {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+          "t10k-labels-idx1-ubyte"};
+}
+
+std::vector<std::string> subfolders(const std::string& name) {
+  if (name == "mnist") return {"mnist", "MNIST", "MNIST/raw"};
+  if (name == "fashion-mnist") return {"fashion-mnist", "FashionMNIST", "FashionMNIST/raw"};
+  if (name == "cifar10") return {"cifar10", "cifar-10", "cifar-10-batches-bin", "cifar-10-jpeg"};
+  return {"cifar100", "cifar-100", "cifar-100-binary"};
+}
+
+bool has_all(const fs::path& dir, const std::string& name) {
+  for (const auto& f : required_files(name))
+    if (find_file(dir, f).empty()) return false;
+  return true;
+}
+
+Dataset make_split(torch::Tensor images, std::vector<uint8_t> labels) {
+  auto lab = torch::from_blob(labels.data(), {int64_t(labels.size())}, torch::kUInt8).to(torch::kInt64);
+  return Dataset{std::move(images), lab};
+}
+
+}  // namespace
+
+DataInfo dataset_info(const std::string& name) {
+  if (name == "mnist") return {name, 1, 28, 28, 10, {0.1307}, {0.3081}};
+  if (name == "fashion-mnist") return {name, 1, 28, 28, 10, {0.2860}, {0.3530}};
+  if (name == "cifar10")
+    return {name, 3, 32, 32, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
+  if (name == "cifar100")
+    return {name, 3, 32, 32, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
+  throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100)");
+}
+
+IdxImages read_idx_images(const fs::path& path) {
+  auto bytes = read_maybe_gz(path);
+  auto dims = idx_dims(bytes, path, 3);
+  if (dims[1] == 0 || dims[2] == 0) fail(path, "images have zero size");
+  IdxImages out;
+  out.count = dims[0], out.rows = dims[1], out.cols = dims[2];
+  out.pixels.assign(bytes.begin() + 16, bytes.end());
+  return out;
+}
+
+std::vector<uint8_t> read_idx_labels(const fs::path& path, int num_classes) {
+  auto bytes = read_maybe_gz(path);
+  idx_dims(bytes, path, 1);
+  std::vector<uint8_t> labels(bytes.begin() + 8, bytes.end());
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    if (labels[i] >= num_classes)
+      fail(path, "label " + std::to_string(labels[i]) + " at index " + std::to_string(i) +
+                     " is out of range 0.." + std::to_string(num_classes - 1));
+  return labels;
+}
+
+CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100) {
+  const std::size_t label_bytes = cifar100 ? 2 : 1, pixels = 3 * 32 * 32, record = label_bytes + pixels;
+  const int classes = cifar100 ? 100 : 10;
+  CifarRecords out;
+  for (const auto& path : files) {
+    auto bytes = read_maybe_gz(path);
+    if (bytes.empty()) fail(path, "empty file");
+    if (bytes.size() % record != 0)
+      fail(path, "size " + std::to_string(bytes.size()) + " is not a multiple of the " +
+                     std::to_string(record) + "-byte record (truncated or not a CIFAR-" +
+                     (cifar100 ? "100" : "10") + " file)");
+    std::size_t n = bytes.size() / record;
+    for (std::size_t i = 0; i < n; ++i) {
+      const uint8_t* r = bytes.data() + i * record;
+      uint8_t label = r[label_bytes - 1];
+      if (cifar100 && r[0] >= 20)
+        fail(path, "coarse label " + std::to_string(r[0]) + " of record " + std::to_string(i) +
+                       " is out of range 0..19");
+      if (label >= classes)
+        fail(path, "label " + std::to_string(label) + " of record " + std::to_string(i) +
+                       " is out of range 0.." + std::to_string(classes - 1));
+      out.labels.push_back(label);
+      out.pixels.insert(out.pixels.end(), r + label_bytes, r + record);
+    }
+    out.count += int64_t(n);
+  }
+  return out;
+}
+
+fs::path locate_dataset(const std::string& name, const fs::path& dir) {
+  dataset_info(name);  // validates the name
+  std::vector<fs::path> candidates{dir};
+  for (const auto& s : subfolders(name)) candidates.push_back(dir / s);
+  for (const auto& c : candidates)
+    if (has_all(c, name)) return c;
+  std::string files;
+  for (const auto& f : required_files(name)) files += (files.empty() ? "" : ", ") + f + "[.gz]";
+  throw Error(dir.string() + ": " + name + " not found (looked for " + files + " in it and in its sub-folders " +
+              [&] {
+                std::string s;
+                for (const auto& sub : subfolders(name)) s += (s.empty() ? "" : ", ") + sub;
+                return s;
+              }() +
+              ")");
+}
+
+fs::path resolve_data_dir(const std::string& name, const std::string& explicit_dir) {
+  if (!explicit_dir.empty()) return explicit_dir;
+  if (const char* env = std::getenv("NOPROP_DATA"); env && *env) return env;
+  if (name != "fashion-mnist") return "data";
+  // Fashion-MNIST falls back to Debian's dataset-fashion-mnist when ./data lacks it.
+  try {
+    locate_dataset(name, "data");
+    return "data";
+  } catch (const Error&) {
+    return "/usr/share/datasets";
+  }
+}
+
+torch::Tensor normalise_images(const uint8_t* pixels, int64_t n, const DataInfo& info) {
+  const int64_t plane = int64_t(info.height) * info.width;
+  auto out = torch::empty({n, info.channels, info.height, info.width}, torch::kFloat32);
+  float* dst = out.data_ptr<float>();
+  for (int c = 0; c < info.channels; ++c) {
+    const float scale = float(1.0 / (255.0 * info.stddev[c])), shift = float(info.mean[c] / info.stddev[c]);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* s = pixels + (i * info.channels + c) * plane;
+      float* d = dst + (i * info.channels + c) * plane;
+      for (int64_t k = 0; k < plane; ++k) d[k] = float(s[k]) * scale - shift;
+    }
+  }
+  return out;
+}
+
+DataSplits load_dataset(const std::string& name, const fs::path& dir) {
+  DataSplits splits;
+  splits.info = dataset_info(name);
+  const auto& info = splits.info;
+  fs::path where = locate_dataset(name, dir);
+  if (name == "cifar10" || name == "cifar100") {
+    bool c100 = name == "cifar100";
+    std::vector<fs::path> train_files, test_files;
+    for (const auto& f : required_files(name)) {
+      bool is_test = f.rfind("test", 0) == 0;
+      (is_test ? test_files : train_files).push_back(find_file(where, f));
+    }
+    auto tr = read_cifar(train_files, c100);
+    auto te = read_cifar(test_files, c100);
+    splits.train = make_split(normalise_images(tr.pixels.data(), tr.count, info), std::move(tr.labels));
+    splits.test = make_split(normalise_images(te.pixels.data(), te.count, info), std::move(te.labels));
+    return splits;
+  }
+  auto load_idx = [&](const std::string& prefix) {
+    fs::path ip = find_file(where, prefix + "-images-idx3-ubyte"), lp = find_file(where, prefix + "-labels-idx1-ubyte");
+    auto imgs = read_idx_images(ip);
+    if (imgs.rows != info.height || imgs.cols != info.width)
+      fail(ip, "images are " + std::to_string(imgs.rows) + "x" + std::to_string(imgs.cols) + ", expected " +
+                   std::to_string(info.height) + "x" + std::to_string(info.width));
+    auto labels = read_idx_labels(lp, info.num_classes);
+    if (int64_t(labels.size()) != imgs.count)
+      fail(lp, "has " + std::to_string(labels.size()) + " labels but " + ip.filename().string() + " has " +
+                   std::to_string(imgs.count) + " images");
+    return make_split(normalise_images(imgs.pixels.data(), imgs.count, info), std::move(labels));
+  };
+  splits.train = load_idx("train");
+  splits.test = load_idx("t10k");
+  return splits;
+}
+
+void augment_batch(torch::Tensor& images, int pad) {
+  TORCH_CHECK(images.dim() == 4 && images.is_contiguous() && images.device().is_cpu());
+  const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  // One draw per sample: crop offsets in [0, 2·pad] and a flip bit.
+  auto draws = torch::randint(0, 2 * pad + 1, {n, 2}, torch::kInt64);
+  auto flips = torch::randint(0, 2, {n}, torch::kInt64);
+  auto* d = draws.data_ptr<int64_t>();
+  auto* fl = flips.data_ptr<int64_t>();
+  std::vector<float> plane(h * w);
+  float* base = images.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t dy = d[2 * i] - pad, dx = d[2 * i + 1] - pad;
+    const bool flip = fl[i] != 0;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float* p = base + (i * c + ch) * h * w;
+      std::copy(p, p + h * w, plane.begin());
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t sy = y + dy, sx0 = x + dx;
+          const int64_t sx = flip ? (w - 1 - x) + dx : sx0;
+          p[y * w + x] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? plane[sy * w + sx] : 0.0f;
+        }
+    }
+  }
+}
+
+}  // namespace noprop

@@ -1,0 +1,69 @@
+// Data sets: IDX (MNIST, Fashion-MNIST; .gz or raw) and the CIFAR-10 / CIFAR-100 binary
+// layouts. Files are decoded once into one normalised float tensor per split; every size a
+// header claims is checked against the bytes actually read before anything is allocated
+// from it, and every malformed file is an Error naming the file and the problem.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace noprop {
+
+struct Dataset {
+  torch::Tensor images;  // float32, N×C×H×W, normalised per data set
+  torch::Tensor labels;  // int64, N
+  int64_t size() const { return labels.size(0); }
+};
+
+struct DataInfo {
+  std::string name;
+  int channels = 1, height = 28, width = 28, num_classes = 10;
+  std::vector<double> mean, stddev;  // per channel, applied as (x/255 − mean)/std
+};
+
+struct DataSplits {
+  DataInfo info;
+  Dataset train, test;
+};
+
+// Shape, class count and normalisation of a named data set; Error for unknown names.
+DataInfo dataset_info(const std::string& name);
+
+// Raw readers, exposed for tests and tools.
+struct IdxImages {
+  int64_t count = 0, rows = 0, cols = 0;
+  std::vector<uint8_t> pixels;  // count·rows·cols bytes
+};
+IdxImages read_idx_images(const std::filesystem::path& path);
+std::vector<uint8_t> read_idx_labels(const std::filesystem::path& path, int num_classes);
+
+struct CifarRecords {
+  int64_t count = 0;
+  std::vector<uint8_t> pixels;  // count·3·32·32 bytes, channel-major per record
+  std::vector<uint8_t> labels;
+};
+// CIFAR-10 records are <label><3072 pixels>; CIFAR-100 <coarse><fine><3072 pixels> (fine used).
+CifarRecords read_cifar(const std::vector<std::filesystem::path>& files, bool cifar100);
+
+// Where the data set's files are: `dir` itself or a conventional sub-folder of it.
+// Throws an Error listing where it looked.
+std::filesystem::path locate_dataset(const std::string& name, const std::filesystem::path& dir);
+
+// Data directory: `explicit_dir` (flag or config) if set, else $NOPROP_DATA, else ./data,
+// else /usr/share/datasets (where Debian's dataset-fashion-mnist installs).
+std::filesystem::path resolve_data_dir(const std::string& name, const std::string& explicit_dir);
+
+DataSplits load_dataset(const std::string& name, const std::filesystem::path& dir);
+
+// Converts raw bytes (N×C×H×W) to the normalised float tensor.
+torch::Tensor normalise_images(const uint8_t* pixels, int64_t n, const DataInfo& info);
+
+// Random crop with zero padding `pad` and horizontal flip, in place, drawing from the
+// default generator (so a resumed run replays it exactly).
+void augment_batch(torch::Tensor& images, int pad);
+
+}  // namespace noprop

@@ -1,0 +1,67 @@
+#include "noprop/methods/backprop.h"
+
+#include <cmath>
+
+namespace noprop {
+
+BackpropNetImpl::BackpropNetImpl(NoPropNet n, double alpha_init) : net(std::move(n)) {
+  register_module("net", net);
+  auto dev = net->embed->weight.device();
+  w = register_parameter("w", torch::full({net->T()}, std::atanh(alpha_init), torch::TensorOptions().device(dev)));
+}
+
+torch::Tensor BackpropNetImpl::forward(const torch::Tensor& x, const torch::Tensor& z0) {
+  auto z = z0;
+  auto alpha = torch::tanh(w);
+  for (int t = 1; t <= net->T(); ++t) {
+    auto a = alpha[t - 1];
+    z = (1 - a) * z + a * net->denoise(t, x, z);
+  }
+  return net->head->log_prob(z, net->embed->weight);
+}
+
+BackpropMethod::BackpropMethod(const Config& cfg, NoPropNet net)
+    : cfg_(cfg), model_(BackpropNet(std::move(net), cfg.alpha_init)) {
+  params_ = model_->parameters();
+  opt_ = make_optimizer(cfg_, params_);
+}
+
+std::vector<torch::Tensor> BackpropMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
+  auto z0 = torch::randn({x.size(0), int64_t(model_->net->embed->dim())}, x.options());
+  auto loss = torch::nll_loss(model_->forward(x, z0), y);
+  opt_->zero_grad();
+  loss.backward();
+  clip_grad_norm(params_, cfg_.grad_clip_max_norm);
+  opt_->step();
+  auto l = loss.detach();
+  return {l, l};
+}
+
+torch::Tensor BackpropMethod::predict(const torch::Tensor& x, bool noise, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  auto z0 = torch::zeros({x.size(0), int64_t(model_->net->embed->dim())}, x.options());
+  if (noise) z0 = normal_like(z0, gen);
+  return model_->forward(x, z0);
+}
+
+void BackpropMethod::save(torch::serialize::OutputArchive& ar) {
+  torch::serialize::OutputArchive model;
+  model_->save(model);
+  ar.write("model", model);
+  save_optimizer(ar, "optim", *opt_);
+}
+
+void BackpropMethod::load(torch::serialize::InputArchive& ar) {
+  torch::serialize::InputArchive model;
+  ar.read("model", model);
+  model_->load(model);
+  load_optimizer(ar, "optim", *opt_);
+}
+
+int64_t BackpropMethod::parameter_count() {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p.numel();
+  return n;
+}
+
+}  // namespace noprop

@@ -1,0 +1,51 @@
+// NoProp-DT (Eq. 8, Algorithm 1; inference Eq. 3).
+//
+// Block t learns to denoise z_{t−1} = √ᾱ_{t−1} u_y + √(1 − ᾱ_{t−1}) ε:
+//   L_t = (T/2) η (SNR(t) − SNR(t−1)) ‖û_θt(z_{t−1}, x) − u_y‖²
+// and every step adds the terms shared by all blocks,
+//   CE = −log p̂_θout(y | z_T), z_T ~ q(z_T | y),   KL(q(z_0|y) ‖ N(0, I)),
+// all batch means. One AdamW per block updates θt; one more updates θout and W_embed.
+// Nothing flows between blocks: each block's graph starts from a freshly sampled z_{t−1}.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "noprop/methods/method.h"
+#include "noprop/schedule.h"
+
+namespace noprop {
+
+class DTMethod : public Method {
+ public:
+  DTMethod(const Config& cfg, NoPropNet net);
+
+  std::vector<std::string> loss_names() const override;
+  int passes_per_epoch() const override { return sequential_ ? net_->T() : 1; }
+  std::vector<torch::Tensor> train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) override;
+  torch::Tensor predict(const torch::Tensor& x, bool noise, at::Generator& gen) override;
+  void set_training(bool on) override { net_->train(on); }
+  void save(torch::serialize::OutputArchive& ar) override;
+  void load(torch::serialize::InputArchive& ar) override;
+  int64_t parameter_count() override;
+
+  // The loss of block t for given û and u_y (exposed for tests).
+  torch::Tensor block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const;
+  // One step of Eq. 3: z_t = a_t û + b_t z_{t−1} + √c_t ε.
+  torch::Tensor inference_step(int t, const torch::Tensor& u_hat, const torch::Tensor& z_prev,
+                               const torch::Tensor& eps) const;
+  const CosineSchedule& schedule() const { return schedule_; }
+  NoPropNet net() { return net_; }
+
+ private:
+  Config cfg_;
+  NoPropNet net_;
+  CosineSchedule schedule_;
+  bool sequential_;
+  std::vector<std::unique_ptr<torch::optim::Optimizer>> block_opts_;
+  std::unique_ptr<torch::optim::Optimizer> shared_opt_;  // head and (learned) embeddings
+  std::vector<std::vector<torch::Tensor>> block_params_;
+  std::vector<torch::Tensor> shared_params_;
+};
+
+}  // namespace noprop

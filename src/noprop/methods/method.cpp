@@ -1,0 +1,76 @@
+#include "noprop/methods/method.h"
+
+#include "noprop/methods/backprop.h"
+#include "noprop/methods/dt.h"
+#include "noprop/util.h"
+
+namespace noprop {
+
+NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes) {
+  const bool proto = cfg.embedding == "prototype";
+  const int m = info.num_classes;
+  const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
+  block_options = BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto};
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(DenoiseBlock(block_options));
+  embed = register_module("embed", ClassEmbedding(cfg.embedding, m, d, prototypes));
+  head = register_module("head", Head(cfg.head, d, m, cfg.head_sigma));
+}
+
+torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch::Tensor& z) {
+  return torch::softmax(block(t)->forward(x, z), 1).matmul(embed->weight);
+}
+
+std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
+                                    torch::Device device) {
+  torch::Tensor prototypes;
+  if (cfg.embedding == "prototype") {
+    if (!train) throw Error("prototype embeddings need the training set");
+    auto idx = select_prototypes(train->images, train->labels, info.num_classes);
+    prototypes = train->images.index_select(0, idx);
+  }
+  NoPropNet net(cfg, info, prototypes);
+  net->to(device);
+  if (cfg.method == "dt") return std::make_unique<DTMethod>(cfg, net);
+  if (cfg.method == "backprop") return std::make_unique<BackpropMethod>(cfg, net);
+  throw Error("config key 'method': unknown method '" + cfg.method + "'");
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params) {
+  if (cfg.optimizer == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
+}
+
+void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  if (max_norm <= 0) return;
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params)
+    if (p.grad().defined()) norms.push_back(p.grad().norm());
+  if (norms.empty()) return;
+  auto total = torch::stack(norms).norm();
+  auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+  for (const auto& p : params)
+    if (p.grad().defined()) p.grad().mul_(coef);
+}
+
+torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen) {
+  // Drawn on the CPU so that one CPU generator serves every device.
+  return torch::randn(like.sizes(), gen, like.options().device(torch::kCPU)).to(like.device());
+}
+
+void save_optimizer(torch::serialize::OutputArchive& ar, const std::string& key, torch::optim::Optimizer& opt) {
+  torch::serialize::OutputArchive sub;
+  opt.save(sub);
+  ar.write(key, sub);
+}
+
+void load_optimizer(torch::serialize::InputArchive& ar, const std::string& key, torch::optim::Optimizer& opt) {
+  torch::serialize::InputArchive sub;
+  ar.read(key, sub);
+  opt.load(sub);
+}
+
+}  // namespace noprop

@@ -1,0 +1,70 @@
+// The interface every training method implements (NoProp-DT, back-propagation, ...), and the
+// network parts they share: T denoising blocks, the class embedding and the output head.
+// The trainer only talks to Method; adding a method means one new file and one line in
+// make_method().
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "noprop/block.h"
+#include "noprop/config.h"
+#include "noprop/data.h"
+#include "noprop/embeddings.h"
+
+namespace noprop {
+
+// Blocks, embedding and head, registered under one root so that one Module::save covers them.
+struct NoPropNetImpl : torch::nn::Module {
+  NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes);
+  int T() const { return int(blocks->size()); }
+  DenoiseBlock block(int t) { return DenoiseBlock(blocks->ptr<DenoiseBlockImpl>(t - 1)); }  // t = 1..T
+  // û_θt = softmax(logits) · W_embed.
+  torch::Tensor denoise(int t, const torch::Tensor& x, const torch::Tensor& z);
+
+  BlockOptions block_options;
+  torch::nn::ModuleList blocks{nullptr};
+  ClassEmbedding embed{nullptr};
+  Head head{nullptr};
+};
+TORCH_MODULE(NoPropNet);
+
+class Method {
+ public:
+  virtual ~Method() = default;
+
+  // Names of the values train_step returns, e.g. loss_block_1 .. loss_block_T, loss_ce,
+  // loss_kl, loss_total. The last one is the total.
+  virtual std::vector<std::string> loss_names() const = 0;
+  // Passes over the training set per epoch: T for Algorithm 1's block-by-block order, else 1.
+  virtual int passes_per_epoch() const { return 1; }
+  // One optimisation step on a batch (for pass `pass` of the epoch). Returns detached 0-dim
+  // loss tensors in loss_names() order, never synchronising with the host.
+  virtual std::vector<torch::Tensor> train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) = 0;
+  // log p̂(y | x) of one inference run, B×m; noise from `gen` (ignored when noise is off).
+  virtual torch::Tensor predict(const torch::Tensor& x, bool noise, at::Generator& gen) = 0;
+
+  virtual void set_training(bool on) = 0;
+  // Everything needed to continue training: parameters, buffers and optimizer state.
+  virtual void save(torch::serialize::OutputArchive& ar) = 0;
+  virtual void load(torch::serialize::InputArchive& ar) = 0;
+  virtual int64_t parameter_count() = 0;
+};
+
+// Builds the configured method on `device`; `train` supplies prototype images when needed.
+std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
+                                    torch::Device device);
+
+// Helpers shared by the methods.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params);
+// Scales gradients to a total norm ≤ max_norm without a host synchronisation.
+void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
+torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
+void save_optimizer(torch::serialize::OutputArchive& ar, const std::string& key, torch::optim::Optimizer& opt);
+void load_optimizer(torch::serialize::InputArchive& ar, const std::string& key, torch::optim::Optimizer& opt);
+
+}  // namespace noprop

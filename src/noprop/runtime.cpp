@@ -1,0 +1,52 @@
+#include "noprop/runtime.h"
+
+#include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include <thread>
+
+#include "noprop/util.h"
+
+namespace noprop {
+
+void init_process(int argc, char** argv) {
+  (void)argc;
+  if (!std::getenv("OPENBLAS_CORETYPE") && !std::getenv("NOPROP_NO_REEXEC") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    setenv("NOPROP_NO_REEXEC", "1", 1);  // never loop, whatever happens
+    execv("/proc/self/exe", argv);       // returns only on failure: carry on as we are
+  }
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+}
+
+int configure_threads(int requested) {
+  int n = requested > 0 ? requested : int(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(n);
+  return torch::get_num_threads();
+}
+
+torch::Device select_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw Error("device '" + name + "': CUDA is not available (this LibTorch " +
+                  (torch::cuda::device_count() == 0 ? "sees no GPU" : "cannot use the GPU") + ")");
+    torch::Device dev(name);
+    if (dev.has_index() && dev.index() >= int(torch::cuda::device_count()))
+      throw Error("device '" + name + "': only " + std::to_string(torch::cuda::device_count()) + " GPU(s)");
+    return dev;
+  }
+  throw Error("device '" + name + "': expected cpu, cuda or cuda:N");
+}
+
+std::string torch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+}  // namespace noprop

@@ -1,0 +1,27 @@
+// Process-wide set-up: allocator tuning, thread count, device choice.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace noprop {
+
+// Call first thing in main(). Two start-up fixes, both measured on the 2-core reference machine:
+// - OpenBLAS picks its generic "Prescott" kernels on CPUs it does not recognise (~40 GFLOP/s
+//   sgemm against ~135 with Haswell kernels). It reads OPENBLAS_CORETYPE only when the
+//   library loads, so when the variable is unset and the CPU has AVX2 and FMA, the program
+//   sets it to Haswell and re-executes itself once. A value already set is left alone.
+// - glibc malloc's dynamic mmap threshold makes the large activation buffers page-fault on
+//   every allocation depending on allocation history alone (2-3× slower steps): pinned here.
+void init_process(int argc, char** argv);
+
+// Sets LibTorch's intra-op threads (0: all cores) and returns the number in use.
+int configure_threads(int requested);
+
+// "cpu", "cuda" or "cuda:N"; an Error when CUDA is asked for but not available.
+torch::Device select_device(const std::string& name);
+
+std::string torch_version();
+
+}  // namespace noprop

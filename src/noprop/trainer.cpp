@@ -1,0 +1,325 @@
+#include "noprop/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "noprop/checkpoint.h"
+#include "noprop/runtime.h"
+#include "noprop/util.h"
+
+namespace noprop {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string format_duration(double s) {
+  char buf[32];
+  int si = int(s + 0.5);
+  if (si >= 3600)
+    std::snprintf(buf, sizeof buf, "%dh%02dm", si / 3600, si / 60 % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%dm%02ds", si / 60, si % 60);
+  return buf;
+}
+
+// A live line on a terminal (rewritten in place), plain lines every `interval` batches otherwise.
+class Progress {
+ public:
+  Progress(bool quiet, int interval) : quiet_(quiet), tty_(::isatty(STDERR_FILENO)), interval_(interval) {}
+
+  void update(const std::string& prefix, int64_t done, int64_t total, double samples_per_s, double eta_s,
+              const std::string& extra) {
+    if (quiet_) return;
+    bool due = tty_ ? seconds_since(last_) > 0.25 || done == total : done % interval_ == 0 || done == total;
+    if (!due) return;
+    last_ = Clock::now();
+    std::fprintf(stderr, "%s%s %lld/%lld  %.0f samples/s  ETA %s%s%s", tty_ ? "\r\033[K" : "", prefix.c_str(),
+                 (long long)done, (long long)total, samples_per_s, format_duration(eta_s).c_str(), extra.c_str(),
+                 tty_ ? "" : "\n");
+    std::fflush(stderr);
+  }
+  void line(const std::string& text) {
+    if (quiet_) return;
+    std::fprintf(stderr, "%s%s\n", tty_ ? "\r\033[K" : "", text.c_str());
+    std::fflush(stderr);
+  }
+
+ private:
+  bool quiet_, tty_;
+  int interval_;
+  Clock::time_point last_ = Clock::now();
+};
+
+std::string csv_number(double v) {
+  std::ostringstream ss;
+  ss << std::setprecision(8) << v;
+  return ss.str();
+}
+
+// Keeps metrics.csv rows in memory and rewrites the file atomically after each epoch.
+class CsvLog {
+ public:
+  CsvLog(fs::path path, std::vector<std::string> columns) : path_(std::move(path)), columns_(std::move(columns)) {}
+
+  // On resume: keep the rows of epochs ≤ `epoch` that the file already has.
+  void load_existing(int64_t epoch) {
+    std::ifstream in(path_);
+    std::string line;
+    if (!std::getline(in, line)) return;
+    while (std::getline(in, line)) {
+      if (std::stoll(line.substr(0, line.find(','))) <= epoch) rows_.push_back(line);
+    }
+  }
+  void add(const std::vector<double>& values) {
+    std::string row;
+    for (std::size_t i = 0; i < values.size(); ++i) row += (i ? "," : "") + csv_number(values[i]);
+    rows_.push_back(row);
+  }
+  void flush() const {
+    std::string text;
+    for (std::size_t i = 0; i < columns_.size(); ++i) text += (i ? "," : "") + columns_[i];
+    text += "\n";
+    for (const auto& r : rows_) text += r + "\n";
+    write_file_atomic(path_, text);
+  }
+
+ private:
+  fs::path path_;
+  std::vector<std::string> columns_;
+  std::vector<std::string> rows_;
+};
+
+void prepare_run_dir(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec))
+    throw Error(dir.string() + ": run directory exists and is not empty (use --resume to continue it)");
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir.string() + ": cannot create run directory: " + ec.message());
+  // Fail now, not after the first epoch, when the directory is not writable.
+  write_file_atomic(dir / ".write-test", "");
+  fs::remove(dir / ".write-test", ec);
+}
+
+}  // namespace
+
+EvalResult evaluate(Method& method, const Dataset& data, int runs, bool noise, int64_t seed, int batch_size,
+                    torch::Device device) {
+  method.set_training(false);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(seed));
+  EvalResult r;
+  const int64_t n = data.size();
+  for (int run = 0; run < runs; ++run) {
+    auto correct = torch::zeros({}, torch::kInt64).to(device);
+    for (int64_t i = 0; i < n; i += batch_size) {
+      int64_t e = std::min(n, i + batch_size);
+      auto x = data.images.slice(0, i, e).to(device);
+      auto y = data.labels.slice(0, i, e).to(device);
+      correct += (method.predict(x, noise, gen).argmax(1) == y).sum();
+    }
+    r.runs.push_back(100.0 * double(correct.item<int64_t>()) / double(n));
+  }
+  double sum = 0, sq = 0;
+  for (double v : r.runs) sum += v;
+  r.mean = sum / runs;
+  for (double v : r.runs) sq += (v - r.mean) * (v - r.mean);
+  r.stddev = runs > 1 ? std::sqrt(sq / (runs - 1)) : 0.0;
+  method.set_training(true);
+  return r;
+}
+
+fs::path default_run_dir(const std::string& config_name) {
+  fs::path base = fs::path("runs") / (timestamp_now() + "-" + config_name);
+  fs::path dir = base;
+  for (int i = 2; fs::exists(dir); ++i) dir = base.string() + "-" + std::to_string(i);
+  return dir;
+}
+
+nlohmann::json train(const RunOptions& opt) {
+  Config cfg = opt.cfg;
+  validate(cfg);
+  const int threads = configure_threads(cfg.threads);
+  const torch::Device device = select_device(cfg.device);
+  const fs::path dir = opt.out_dir;
+
+  // Everything that can fail on bad input happens before the run directory is touched.
+  const fs::path data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir);
+  cfg.data_dir = data_dir.string();
+  DataSplits data = load_dataset(cfg.dataset, data_dir);
+  if (cfg.train_samples > 0 && cfg.train_samples < data.train.size()) {
+    data.train.images = data.train.images.slice(0, 0, cfg.train_samples);
+    data.train.labels = data.train.labels.slice(0, 0, cfg.train_samples);
+  }
+  TrainingState state;
+  if (opt.resume) state = read_checkpoint_state(dir / "final.pt");
+
+  torch::manual_seed(uint64_t(cfg.seed));
+  auto method = make_method(cfg, data.info, &data.train, device);
+  if (opt.resume) {
+    state = load_checkpoint(dir / "final.pt", *method, /*restore_rng=*/true);
+  } else {
+    prepare_run_dir(dir);
+    state.config_name = opt.config_name;
+  }
+  state.config_yaml = to_yaml(cfg);
+  write_file_atomic(dir / "config.yaml", state.config_yaml);
+  if (device.is_cuda()) {
+    data.train.images = data.train.images.to(device), data.train.labels = data.train.labels.to(device);
+  }
+
+  const auto loss_names = method->loss_names();
+  std::vector<std::string> columns{"epoch"};
+  columns.insert(columns.end(), loss_names.begin(), loss_names.end());
+  columns.insert(columns.end(), {"test_accuracy", "train_accuracy", "seconds", "eval_seconds", "samples_per_second"});
+  CsvLog metrics(dir / "metrics.csv", columns);
+  std::vector<std::string> batch_columns{"epoch", "pass", "batch"};
+  batch_columns.insert(batch_columns.end(), loss_names.begin(), loss_names.end());
+  CsvLog batches(dir / "batches.csv", batch_columns);
+  if (opt.resume) {
+    metrics.load_existing(state.epoch);
+    if (cfg.detailed_logging) batches.load_existing(state.epoch);
+  }
+
+  Progress progress(opt.quiet, cfg.log_interval);
+  progress.line("run " + dir.string() + ": " + cfg.method + " on " + cfg.dataset + ", " +
+                std::to_string(method->parameter_count()) + " parameters, " + std::to_string(threads) +
+                " threads, device " + device.str() + (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) : ""));
+
+  const int64_t n = data.train.size(), B = cfg.batch_size;
+  const int64_t batches_per_pass = (n + B - 1) / B;
+  const int passes = method->passes_per_epoch();
+  double train_seconds_total = 0;
+  int64_t epochs_run = 0;
+  std::string stop_reason = "epochs";
+  EvalResult last_eval;
+  double last_eval_acc = -1;
+
+  for (int64_t epoch = state.epoch + 1; epoch <= cfg.epochs; ++epoch) {
+    method->set_training(true);
+    const auto t0 = Clock::now();
+    std::vector<torch::Tensor> sums(loss_names.size());
+    std::vector<int64_t> counts(loss_names.size(), 0);
+    int64_t samples = 0, done = 0;
+    const int64_t total = batches_per_pass * passes;
+    for (int pass = 0; pass < passes; ++pass) {
+      auto perm = torch::randperm(n, torch::kInt64).to(device);
+      for (int64_t b = 0; b < batches_per_pass; ++b) {
+        auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
+        ++done;
+        if (idx.size(0) < 2) continue;  // batch norm needs two samples
+        auto x = data.train.images.index_select(0, idx);
+        auto y = data.train.labels.index_select(0, idx);
+        if (cfg.augment) augment_batch(x, 4);
+        auto losses = method->train_step(x.to(device), y.to(device), pass);
+        ++state.step;
+        samples += idx.size(0);
+        for (std::size_t i = 0; i < losses.size(); ++i) {
+          if (!losses[i].defined()) continue;
+          sums[i] = sums[i].defined() ? sums[i] + losses[i] : losses[i];
+          ++counts[i];
+        }
+        if (cfg.detailed_logging) {
+          std::vector<double> row{double(epoch), double(pass + 1), double(b + 1)};
+          for (const auto& l : losses) row.push_back(l.defined() ? l.item<double>() : NAN);
+          batches.add(row);
+        }
+        const double el = seconds_since(t0);
+        std::string extra;
+        // Reading the loss synchronises; do it only when a line is printed anyway.
+        if (done % cfg.log_interval == 0 || done == total)
+          extra = "  loss " + csv_number(sums.back().item<double>() / double(counts.back()));
+        progress.update("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), done, total,
+                        double(samples) / el, el / double(done) * double(total - done), extra);
+      }
+    }
+    const double train_s = seconds_since(t0);
+    train_seconds_total += train_s;
+    ++epochs_run;
+
+    const auto te0 = Clock::now();
+    last_eval = evaluate(*method, data.test, 1, cfg.inference_noise, cfg.inference_seed, cfg.eval_batch_size, device);
+    last_eval_acc = last_eval.mean;
+    double train_acc = NAN;
+    if (cfg.train_eval)
+      train_acc = evaluate(*method, data.train, 1, cfg.inference_noise, cfg.inference_seed, cfg.eval_batch_size, device).mean;
+    const double eval_s = seconds_since(te0);
+
+    std::vector<double> row{double(epoch)};
+    for (std::size_t i = 0; i < sums.size(); ++i)
+      row.push_back(counts[i] ? sums[i].item<double>() / double(counts[i]) : NAN);
+    row.insert(row.end(), {last_eval_acc, train_acc, train_s, eval_s, double(samples) / train_s});
+    metrics.add(row);
+    metrics.flush();
+    if (cfg.detailed_logging) batches.flush();
+
+    state.epoch = epoch;
+    bool improved = last_eval_acc > state.best_test_accuracy;
+    if (improved) state.best_test_accuracy = last_eval_acc, state.best_epoch = epoch;
+    if (cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
+    if (cfg.save_best && improved) save_checkpoint(dir / "best.pt", *method, state);
+
+    std::ostringstream msg;
+    msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
+        << row[loss_names.size()] << "  test accuracy " << last_eval_acc << "%"
+        << (cfg.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
+        << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(samples) / train_s
+        << " samples/s";
+    progress.line(msg.str());
+
+    if (cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy) {
+      stop_reason = "early_stopping";
+      progress.line("early stopping: test accuracy " + csv_number(last_eval_acc) + "% reached the target " +
+                    csv_number(cfg.early_stopping_accuracy) + "%");
+      break;
+    }
+  }
+
+  // Final evaluation: several stochastic inference runs of the final model.
+  const auto tf0 = Clock::now();
+  EvalResult final_eval =
+      evaluate(*method, data.test, cfg.inference_noise ? cfg.inference_runs : 1, cfg.inference_noise,
+               cfg.inference_seed, cfg.eval_batch_size, device);
+  const double final_eval_s = seconds_since(tf0);
+  const double per_batch_eval = final_eval_s / double(final_eval.runs.size());
+
+  nlohmann::json summary = {
+      {"config", state.config_name},
+      {"method", cfg.method},
+      {"dataset", cfg.dataset},
+      {"architecture", cfg.architecture},
+      {"embedding", cfg.embedding},
+      {"test_accuracy", final_eval.mean},
+      {"test_accuracy_std", final_eval.stddev},
+      {"test_accuracy_runs", final_eval.runs},
+      {"best_test_accuracy", state.best_test_accuracy},
+      {"best_epoch", state.best_epoch},
+      {"epochs", state.epoch},
+      {"stopped_by", stop_reason},
+      {"seconds_per_epoch", epochs_run ? train_seconds_total / double(epochs_run) : NAN},
+      {"samples_per_second", epochs_run ? double(n) * passes * double(epochs_run) / train_seconds_total : NAN},
+      {"inference_images_per_second", double(data.test.size()) / per_batch_eval},
+      {"peak_rss_mb", peak_rss_mb()},
+      {"parameters", method->parameter_count()},
+      {"threads", threads},
+      {"device", device.str()},
+      {"torch_version", torch_version()},
+      {"steps", state.step},
+  };
+  write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
+  std::ostringstream msg;
+  msg << std::fixed << std::setprecision(2) << "final test accuracy " << final_eval.mean << "% ± " << final_eval.stddev
+      << " over " << final_eval.runs.size() << " inference run(s); best " << state.best_test_accuracy << "% (epoch "
+      << state.best_epoch << "); " << dir.string() << "/summary.json";
+  progress.line(msg.str());
+  return summary;
+}
+
+}  // namespace noprop

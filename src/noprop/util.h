@@ -1,0 +1,37 @@
+// Small helpers shared by every part of the library: the error type, checked file I/O,
+// and string utilities. Deliberately free of torch so that it stays cheap to include.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace noprop {
+
+// Every user-facing failure (bad file, bad config, bad flag) is an Error whose message is
+// one line naming the file or key; the program prints it and exits non-zero.
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Writes `contents` to `path` through a temporary file in the same directory, flushed and
+// renamed into place, so readers never see a half-written file.
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
+
+// Whole file into memory; throws Error naming the file on failure.
+std::string read_text_file(const std::filesystem::path& path);
+
+// Levenshtein distance, for "did you mean" suggestions.
+std::size_t edit_distance(const std::string& a, const std::string& b);
+
+// The candidate closest to `word`, or "" when none is close enough to be a plausible typo.
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+// Current time as 20261127-184501, for run directory names.
+std::string timestamp_now();
+
+// Peak resident set size of this process in MiB.
+double peak_rss_mb();
+
+}  // namespace noprop

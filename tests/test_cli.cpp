@@ -1,0 +1,115 @@
+// Runs the real program: exit codes and one-line errors for bad input, and a train → eval
+// round trip on synthetic data.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+
+#include "test_paths.h"
+#include "test_util.h"
+
+using namespace noprop::test;
+namespace fs = std::filesystem;
+
+namespace {
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result run(const std::string& args) {
+  std::string cmd = std::string(NOPROP_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WEXITSTATUS(status), out};
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir = temp_dir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
+  void TearDown() override { fs::remove_all(dir); }
+  fs::path dir;
+};
+}  // namespace
+
+TEST_F(CliTest, BadInvocationsFailWithOneLine) {
+  auto r = run("train --bogus");
+  EXPECT_NE(r.code, 0);
+  r = run("train mnist-td");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("unknown config 'mnist-td' (did you mean 'mnist-dt'?)"), std::string::npos) << r.out;
+  r = run("train mnist-dt --set lerning_rate=1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("did you mean 'learning_rate'"), std::string::npos) << r.out;
+  r = run("train mnist-dt --epochs 0");
+  EXPECT_NE(r.code, 0);
+  r = run("train mnist-dt --device cuda:3 --data-dir " + dir.string());
+  EXPECT_EQ(r.code, 1);
+  r = run("eval --checkpoint " + (dir / "nothing.pt").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("no such checkpoint file"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, MissingDataFailsBeforeCreatingTheRun) {
+  auto r = run("train mnist-dt --data-dir " + (dir / "empty").string() + " --out " + (dir / "run").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("mnist not found"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "run"));
+}
+
+TEST_F(CliTest, CorruptDataFileIsNamed) {
+  write_synthetic_mnist(dir / "data", 64, 32);
+  write_bytes(dir / "data" / "train-labels-idx1-ubyte.gz", {0x1f, 0x8b, 8, 0, 0, 0});
+  auto r = run("train mnist-dt --data-dir " + (dir / "data").string() + " --out " + (dir / "run").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("train-labels-idx1-ubyte.gz: "), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, TrainThenEvalAgree) {
+  write_synthetic_mnist(dir / "data", 256, 100);
+  {
+    std::ofstream cfg(dir / "tiny.yaml");
+    cfg << "# tiny\ndataset: mnist\narchitecture: seed\nnum_layers: 2\nbatch_size: 64\nepochs: 1\ninference_runs: 3\n";
+  }
+  auto r = run("train --config " + (dir / "tiny.yaml").string() + " --threads 1 --data-dir " + (dir / "data").string() +
+               " --out " + (dir / "run").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto summary = nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"));
+  for (auto key : {"test_accuracy", "best_test_accuracy", "test_accuracy_std", "epochs", "seconds_per_epoch",
+                   "peak_rss_mb", "threads", "device", "torch_version"})
+    EXPECT_TRUE(summary.contains(key)) << key;
+  EXPECT_EQ(summary["epochs"], 1);
+  EXPECT_EQ(summary["threads"], 1);
+  r = run("eval --checkpoint " + (dir / "run" / "final.pt").string() + " --threads 1 --data-dir " +
+          (dir / "data").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ev = nlohmann::json::parse(r.out);
+  EXPECT_DOUBLE_EQ(ev["test_accuracy"].get<double>(), summary["test_accuracy"].get<double>());
+  EXPECT_EQ(ev["test_accuracy_runs"].size(), 3u);
+  r = run("eval --no-noise --checkpoint " + (dir / "run" / "final.pt").string() + " --data-dir " +
+          (dir / "data").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["test_accuracy_std"].get<double>(), 0.0);
+  // A second run into the same directory is refused rather than overwriting it.
+  r = run("train --config " + (dir / "tiny.yaml").string() + " --data-dir " + (dir / "data").string() + " --out " +
+          (dir / "run").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("use --resume"), std::string::npos) << r.out;
+  // Resuming a finished run with more epochs continues it.
+  r = run("train --resume " + (dir / "run").string() + " --epochs 2 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"))["epochs"], 2);
+}
+
+TEST_F(CliTest, ConfigsListed) {
+  auto r = run("configs");
+  EXPECT_EQ(r.code, 0);
+  for (auto name : {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick"})
+    EXPECT_NE(r.out.find(name), std::string::npos) << name;
+}

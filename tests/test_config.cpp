@@ -1,0 +1,112 @@
+#include <gtest/gtest.h>
+
+#include "noprop/config.h"
+#include "noprop/util.h"
+
+using namespace noprop;
+
+namespace {
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+}  // namespace
+
+TEST(Config, YamlOverridesDefaults) {
+  Config c;
+  apply_yaml(c, "batch_size: 64\nlearning_rate: 2e-3\nearly_stopping: true\narchitecture: seed\n", "x.yaml");
+  EXPECT_EQ(c.batch_size, 64);
+  EXPECT_DOUBLE_EQ(c.learning_rate, 2e-3);
+  EXPECT_TRUE(c.early_stopping);
+  EXPECT_EQ(c.architecture, "seed");
+  EXPECT_EQ(c.epochs, 100);  // untouched default
+}
+
+TEST(Config, UnknownKeySuggestsClosest) {
+  Config c;
+  auto msg = error_of([&] { apply_yaml(c, "lerning_rate: 0.1\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("cfg.yaml"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unknown config key 'lerning_rate'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'learning_rate'"), std::string::npos) << msg;
+}
+
+TEST(Config, WrongTypeNamesKey) {
+  Config c;
+  auto msg = error_of([&] { apply_yaml(c, "batch_size: lots\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'batch_size': expected an integer, got 'lots'"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "epochs: 1.5\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'epochs': expected an integer"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "augment: maybe\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'augment': expected true or false"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "eta: [1, 2]\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'eta': expected a number"), std::string::npos) << msg;
+}
+
+TEST(Config, OutOfRangeAndBadChoice) {
+  Config c;
+  auto msg = error_of([&] { apply_yaml(c, "learning_rate: -1\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'learning_rate': must be between"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "dropout: 1.5\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("'dropout'"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "embedding: onehot\n", "cfg.yaml"); });
+  EXPECT_NE(msg.find("did you mean 'one-hot'"), std::string::npos) << msg;
+  EXPECT_EQ(c.embedding, "one-hot");  // a rejected value leaves the key as it was
+}
+
+TEST(Config, MalformedYamlAndDuplicates) {
+  Config c;
+  auto msg = error_of([&] { apply_yaml(c, "batch_size: [1,\n", "bad.yaml"); });
+  EXPECT_NE(msg.find("bad.yaml: invalid YAML"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "- 1\n- 2\n", "list.yaml"); });
+  EXPECT_NE(msg.find("expected a mapping"), std::string::npos) << msg;
+  msg = error_of([&] { apply_yaml(c, "seed: 1\nseed: 2\n", "dup.yaml"); });
+  EXPECT_NE(msg.find("'seed' given twice"), std::string::npos) << msg;
+}
+
+TEST(Config, SetOverrides) {
+  Config c;
+  apply_override(c, "num_layers=4");
+  apply_override(c, "block_order=sequential");
+  apply_override(c, "weight_decay=0");
+  EXPECT_EQ(c.num_layers, 4);
+  EXPECT_EQ(c.block_order, "sequential");
+  EXPECT_DOUBLE_EQ(c.weight_decay, 0.0);
+  EXPECT_NE(error_of([&] { apply_override(c, "num_layers"); }).find("expected key=value"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "num_layer=3"); }).find("did you mean 'num_layers'"), std::string::npos);
+}
+
+TEST(Config, ValidateRelations) {
+  Config c;
+  c.noise_schedule_min = 0.4, c.noise_schedule_max = 0.3 + 0.2;
+  EXPECT_NO_THROW(validate(c));
+  c.device = "tpu";
+  EXPECT_NE(error_of([&] { validate(c); }).find("'device'"), std::string::npos);
+}
+
+TEST(Config, RoundTripsThroughYaml) {
+  Config c;
+  apply_yaml(c, "batch_size: 32\nembedding: learned\nhead: radial\nseed: 7\n", "a.yaml");
+  Config d;
+  apply_yaml(d, to_yaml(c), "b.yaml");
+  EXPECT_EQ(to_yaml(c), to_yaml(d));
+  EXPECT_EQ(d.batch_size, 32);
+  EXPECT_EQ(d.head, "radial");
+}
+
+// Every shipped config parses, validates and has a description line.
+TEST(Config, ShippedConfigsLoad) {
+  auto all = list_named_configs();
+  ASSERT_GE(all.size(), 9u);
+  for (const auto& nc : all) {
+    Config c;
+    EXPECT_NO_THROW(c = load_config_file(nc.path)) << nc.name;
+    EXPECT_NO_THROW(validate(c)) << nc.name;
+    EXPECT_FALSE(nc.description.empty()) << nc.name;
+  }
+  EXPECT_EQ(find_named_config("mnist-dt").stem(), "mnist-dt");
+  EXPECT_NE(error_of([&] { find_named_config("mnist-td"); }).find("did you mean 'mnist-dt'"), std::string::npos);
+}

@@ -1,0 +1,146 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "noprop/methods/backprop.h"
+#include "noprop/methods/dt.h"
+
+using namespace noprop;
+
+namespace {
+DataInfo tiny_info() { return DataInfo{"mnist", 1, 8, 8, 4, {0.0}, {1.0}}; }
+
+Config tiny_cfg(const std::string& method) {
+  Config c;
+  c.method = method;
+  c.num_layers = 3;
+  c.architecture = "seed";
+  c.threads = 1;
+  return c;
+}
+}  // namespace
+
+// L_t = (T/2) η ΔSNR(t) ‖û − u_y‖², batch mean, checked against numbers worked by hand.
+TEST(DT, BlockLossByHand) {
+  Config c = tiny_cfg("dt");
+  c.num_layers = 10;
+  c.eta = 0.1;
+  DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+  auto u_hat = torch::tensor({{0.5f, 0.5f, 0.0f, 0.0f}, {0.0f, 0.0f, 1.0f, 0.0f}});
+  auto u_y = torch::tensor({{1.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 1.0f, 0.0f}});
+  // ‖·‖² = 0.5 and 0 → mean 0.25; weight = 5 · 0.1 · ΔSNR(t).
+  for (int t : {1, 5, 10}) {
+    double expected = 5 * 0.1 * m.schedule().snr_delta(t) * 0.25;
+    EXPECT_NEAR(m.block_loss(t, u_hat, u_y).item<double>(), expected, 1e-6 * std::max(1.0, expected)) << t;
+  }
+  EXPECT_NEAR(m.block_loss(10, u_hat, u_y).item<double>(), 5 * 0.1 * 964.1670 * 0.25, 0.01);
+}
+
+// With a perfect denoiser (û = u_y), the chain of Eq. 3 from z_0 ~ N(0, I) reproduces q(z_t|y):
+// mean √ᾱ_t u_y, variance 1 − ᾱ_t (up to the ᾱ_0 = 0.001 of the start), checked by sampling.
+TEST(DT, PerfectDenoiserReproducesMarginals) {
+  Config c = tiny_cfg("dt");
+  c.num_layers = 10;
+  DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+  torch::manual_seed(3);
+  const int64_t n = 200000;
+  auto u = torch::zeros({n, 2});
+  u.select(1, 0).fill_(1.0);
+  auto z = torch::randn({n, 2}, torch::kFloat64).to(torch::kFloat32);
+  for (int t = 1; t <= 10; ++t) {
+    z = m.inference_step(t, u, z, torch::randn({n, 2}));
+    double ab = m.schedule().alpha_bar(t);
+    EXPECT_NEAR(z.select(1, 0).mean().item<double>(), std::sqrt(ab), 0.01) << t;
+    EXPECT_NEAR(z.select(1, 1).mean().item<double>(), 0.0, 0.01) << t;
+    EXPECT_NEAR(z.select(1, 0).var().item<double>(), 1 - ab, 0.01) << t;
+  }
+  // No noise: a deterministic chain that ends near u_y.
+  auto d = m.inference_step(10, u.slice(0, 0, 1), u.slice(0, 0, 1) * std::sqrt(m.schedule().alpha_bar(9)), {});
+  EXPECT_NEAR(d[0][0].item<double>(), std::sqrt(0.999), 1e-5);
+}
+
+// Algorithm 1's sequential order: pass p updates block p+1 (and the head) and no other block.
+TEST(DT, SequentialPassTouchesOnlyItsBlock) {
+  Config c = tiny_cfg("dt");
+  c.block_order = "sequential";
+  torch::manual_seed(4);
+  NoPropNet net(c, tiny_info(), torch::Tensor());
+  DTMethod m(c, net);
+  EXPECT_EQ(m.passes_per_epoch(), 3);
+  std::vector<torch::Tensor> before;
+  for (int t = 1; t <= 3; ++t) before.push_back(net->block(t)->fused->parameters()[0].clone());
+  auto head_before = net->head->fc->weight.clone();
+  auto x = torch::randn({6, 1, 8, 8});
+  auto y = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64);
+  auto losses = m.train_step(x, y, 1);
+  ASSERT_EQ(losses.size(), m.loss_names().size());
+  EXPECT_FALSE(losses[0].defined());
+  EXPECT_TRUE(losses[1].defined());
+  EXPECT_FALSE(losses[2].defined());
+  EXPECT_TRUE(torch::equal(before[0], net->block(1)->fused->parameters()[0]));
+  EXPECT_FALSE(torch::equal(before[1], net->block(2)->fused->parameters()[0]));
+  EXPECT_TRUE(torch::equal(before[2], net->block(3)->fused->parameters()[0]));
+  EXPECT_FALSE(torch::equal(head_before, net->head->fc->weight));
+  // total = block 2's loss + CE + KL
+  double total = losses[1].item<double>() + losses[3].item<double>() + losses[4].item<double>();
+  EXPECT_NEAR(losses.back().item<double>(), total, 1e-5);
+}
+
+// CE on z_T ~ q(z_T|y) and the KL term as the step reports them (one-hot, T = 3).
+TEST(DT, InterleavedStepReportsAllTerms) {
+  Config c = tiny_cfg("dt");
+  torch::manual_seed(5);
+  DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+  auto x = torch::randn({6, 1, 8, 8});
+  auto y = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64);
+  auto l = m.train_step(x, y, 0);
+  ASSERT_EQ(l.size(), 6u);
+  for (const auto& v : l) EXPECT_TRUE(v.defined());
+  // One-hot: ‖u_y‖² = 1, d = 4 → KL = ½ [4(−ᾱ_0 − ln(1 − ᾱ_0)) + ᾱ_0].
+  double ab0 = m.schedule().alpha_bar(0);
+  EXPECT_NEAR(l[4].item<double>(), 0.5 * (4 * (-ab0 - std::log1p(-ab0)) + ab0), 1e-7);
+  EXPECT_GT(l[3].item<double>(), 0.5);  // an untrained head is near ln 4
+  EXPECT_LT(l[3].item<double>(), 3.0);
+}
+
+// Eq. 17-19: z_t = (1 − α_t) z_{t−1} + α_t û_t with α_t = tanh(w_t), computed by hand here.
+TEST(Backprop, ForwardMatchesRecurrence) {
+  Config c = tiny_cfg("backprop");
+  c.alpha_init = 0.3;
+  torch::manual_seed(6);
+  NoPropNet net(c, tiny_info(), torch::Tensor());
+  BackpropMethod m(c, net);
+  m.set_training(false);
+  EXPECT_NEAR(torch::tanh(m.model()->w[0]).item<double>(), 0.3, 1e-6);
+  auto x = torch::randn({5, 1, 8, 8});
+  auto z = torch::randn({5, 4});
+  auto z0 = z.clone();
+  torch::NoGradGuard g;
+  for (int t = 1; t <= 3; ++t) z = 0.7 * z + 0.3 * torch::softmax(net->block(t)->forward(x, z), 1);
+  auto expected = torch::log_softmax(net->head->fc->forward(z), 1);
+  EXPECT_TRUE(torch::allclose(m.model()->forward(x, z0), expected, 1e-5, 1e-6));
+  EXPECT_EQ(m.loss_names(), (std::vector<std::string>{"loss_ce", "loss_total"}));
+}
+
+TEST(Backprop, StepUpdatesEveryBlockAndAlpha) {
+  Config c = tiny_cfg("backprop");
+  torch::manual_seed(7);
+  NoPropNet net(c, tiny_info(), torch::Tensor());
+  BackpropMethod m(c, net);
+  auto w_before = m.model()->w.clone();
+  auto b1 = net->block(1)->fused->parameters()[0].clone();
+  m.train_step(torch::randn({6, 1, 8, 8}), torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64), 0);
+  EXPECT_FALSE(torch::equal(w_before, m.model()->w));
+  EXPECT_FALSE(torch::equal(b1, net->block(1)->fused->parameters()[0]));
+}
+
+TEST(Methods, ClipGradNorm) {
+  auto a = torch::zeros({2}, torch::requires_grad()), b = torch::zeros({1}, torch::requires_grad());
+  a.mutable_grad() = torch::tensor({3.0f, 0.0f});
+  b.mutable_grad() = torch::tensor({4.0f});
+  clip_grad_norm({a, b}, 1.0);  // total norm 5 → scaled by ~1/5
+  EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-5);
+  EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-5);
+  clip_grad_norm({a, b}, 10.0);  // under the limit: unchanged
+  EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-5);
+}

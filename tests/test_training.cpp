@@ -1,0 +1,38 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "noprop/trainer.h"
+#include "test_util.h"
+
+using namespace noprop;
+using namespace noprop::test;
+namespace fs = std::filesystem;
+
+class TrainingTest : public ::testing::TestWithParam<std::string> {};
+
+// A short run (about 100 steps) on synthetic data must learn: chance is 10 %, 40 % is four times it.
+TEST_P(TrainingTest, LearnsFarAboveChance) {
+  auto dir = temp_dir("training-" + GetParam());
+  write_synthetic_mnist(dir / "data", 640, 200, 11);
+  Config cfg = tiny_config(dir / "data");
+  apply_override(cfg, "method=" + GetParam().substr(0, GetParam().find('-')));
+  if (GetParam().find("learned") != std::string::npos) cfg.embedding = "learned", cfg.embedding_dim = 16;
+  if (GetParam().find("sequential") != std::string::npos) cfg.block_order = "sequential";
+  cfg.epochs = 5;
+  cfg.batch_size = 32;
+  auto s = train(RunOptions{cfg, "tiny", dir / "run", false, true});
+  EXPECT_GT(s["test_accuracy"].get<double>(), 70.0) << s.dump();
+  EXPECT_EQ(s["test_accuracy_runs"].size(), 2u);
+  for (auto f : {"config.yaml", "metrics.csv", "summary.json", "best.pt", "final.pt"})
+    EXPECT_TRUE(fs::exists(dir / "run" / f)) << f;
+  std::ifstream in(dir / "run" / "metrics.csv");
+  std::string header;
+  std::getline(in, header);
+  EXPECT_EQ(header.rfind("epoch,loss_", 0), 0u) << header;
+  EXPECT_NE(header.find("test_accuracy"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, TrainingTest,
+                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential"));
