@@ -2,19 +2,11 @@
 
 #include "noprop/config.h"
 #include "noprop/util.h"
+#include "test_util.h"
 
 using namespace noprop;
+using noprop::test::error_of;
 
-namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-}  // namespace
 
 TEST(Config, YamlOverridesDefaults) {
   Config c;

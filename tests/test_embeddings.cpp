@@ -74,3 +74,16 @@ TEST(Embeddings, PrototypeIsMedoidLike) {
   EXPECT_EQ(e->weight[0][0].item<float>(), 1.0f);
   EXPECT_TRUE(e->learned);
 }
+
+// CE = −log p̂(y | z) of the softmax head, by hand: logits W z + b = [1, 3, 0] for z = (1, 1).
+TEST(Embeddings, SoftmaxHeadCrossEntropyByHand) {
+  Head h("softmax", 2, 3, 1.0);
+  torch::NoGradGuard g;
+  h->fc->weight.copy_(torch::tensor({{1.0f, 0.0f}, {1.0f, 2.0f}, {0.0f, 0.0f}}));
+  h->fc->bias.zero_();
+  auto z = torch::tensor({{1.0f, 1.0f}, {1.0f, 1.0f}});
+  auto y = torch::tensor({1, 2}, torch::kInt64);
+  double lse = std::log(std::exp(1.0) + std::exp(3.0) + 1.0);
+  double expected = ((lse - 3.0) + (lse - 0.0)) / 2;
+  EXPECT_NEAR(torch::nll_loss(h->log_prob(z, torch::eye(3)), y).item<double>(), expected, 1e-6);
+}

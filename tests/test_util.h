@@ -7,14 +7,26 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "noprop/config.h"
+#include "noprop/util.h"
 
 namespace noprop::test {
+
+// The message of the noprop::Error that `f` throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 inline std::filesystem::path temp_dir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() / ("noprop-test-" + name + "-" + std::to_string(::getpid()));

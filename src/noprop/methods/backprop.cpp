@@ -45,23 +45,14 @@ torch::Tensor BackpropMethod::predict(const torch::Tensor& x, bool noise, at::Ge
 }
 
 void BackpropMethod::save(torch::serialize::OutputArchive& ar) {
-  torch::serialize::OutputArchive model;
-  model_->save(model);
-  ar.write("model", model);
+  save_module(ar, "model", *model_);
   save_optimizer(ar, "optim", *opt_);
 }
 
 void BackpropMethod::load(torch::serialize::InputArchive& ar) {
-  torch::serialize::InputArchive model;
-  ar.read("model", model);
-  model_->load(model);
+  load_module(ar, "model", *model_);
   load_optimizer(ar, "optim", *opt_);
 }
 
-int64_t BackpropMethod::parameter_count() {
-  int64_t n = 0;
-  for (const auto& p : params_) n += p.numel();
-  return n;
-}
 
 }  // namespace noprop

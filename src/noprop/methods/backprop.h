@@ -27,7 +27,7 @@ class BackpropMethod : public Method {
   void set_training(bool on) override { model_->train(on); }
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;
-  int64_t parameter_count() override;
+  std::vector<torch::Tensor> parameters() override { return params_; }
   BackpropNet model() { return model_; }
 
  private:

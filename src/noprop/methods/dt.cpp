@@ -90,25 +90,16 @@ torch::Tensor DTMethod::predict(const torch::Tensor& x, bool noise, at::Generato
 }
 
 void DTMethod::save(torch::serialize::OutputArchive& ar) {
-  torch::serialize::OutputArchive model;
-  net_->save(model);
-  ar.write("model", model);
+  save_module(ar, "model", *net_);
   for (std::size_t i = 0; i < block_opts_.size(); ++i) save_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
   save_optimizer(ar, "optim_shared", *shared_opt_);
 }
 
 void DTMethod::load(torch::serialize::InputArchive& ar) {
-  torch::serialize::InputArchive model;
-  ar.read("model", model);
-  net_->load(model);
+  load_module(ar, "model", *net_);
   for (std::size_t i = 0; i < block_opts_.size(); ++i) load_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
   load_optimizer(ar, "optim_shared", *shared_opt_);
 }
 
-int64_t DTMethod::parameter_count() {
-  int64_t n = 0;
-  for (const auto& p : net_->parameters()) n += p.numel();
-  return n;
-}
 
 }  // namespace noprop

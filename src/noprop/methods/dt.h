@@ -27,7 +27,7 @@ class DTMethod : public Method {
   void set_training(bool on) override { net_->train(on); }
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;
-  int64_t parameter_count() override;
+  std::vector<torch::Tensor> parameters() override { return net_->parameters(); }
 
   // The loss of block t for given û and u_y (exposed for tests).
   torch::Tensor block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const;

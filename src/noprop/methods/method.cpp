@@ -21,6 +21,12 @@ torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch:
   return torch::softmax(block(t)->forward(x, z), 1).matmul(embed->weight);
 }
 
+int64_t Method::parameter_count() {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
 std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
                                     torch::Device device) {
   torch::Tensor prototypes;
@@ -59,6 +65,29 @@ void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen) {
   // Drawn on the CPU so that one CPU generator serves every device.
   return torch::randn(like.sizes(), gen, like.options().device(torch::kCPU)).to(like.device());
+}
+
+void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module) {
+  torch::serialize::OutputArchive sub;
+  module.save(sub);
+  ar.write(key, sub);
+}
+
+void load_module(torch::serialize::InputArchive& ar, const std::string& key, torch::nn::Module& module) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  for (const auto& p : module.named_parameters()) shapes.emplace_back(p.key(), p.value().sizes().vec());
+  for (const auto& b : module.named_buffers()) shapes.emplace_back(b.key(), b.value().sizes().vec());
+  torch::serialize::InputArchive sub;
+  ar.read(key, sub);
+  module.load(sub);
+  std::size_t i = 0;
+  auto check = [&](const std::string& name, const torch::Tensor& t) {
+    TORCH_CHECK(t.sizes().vec() == shapes[i].second, "stored ", name, " has shape ", t.sizes(), ", the model's is ",
+                c10::IntArrayRef(shapes[i].second));
+    ++i;
+  };
+  for (const auto& p : module.named_parameters()) check(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) check(b.key(), b.value());
 }
 
 void save_optimizer(torch::serialize::OutputArchive& ar, const std::string& key, torch::optim::Optimizer& opt) {

@@ -51,7 +51,9 @@ class Method {
   // Everything needed to continue training: parameters, buffers and optimizer state.
   virtual void save(torch::serialize::OutputArchive& ar) = 0;
   virtual void load(torch::serialize::InputArchive& ar) = 0;
-  virtual int64_t parameter_count() = 0;
+  // Every trained parameter (blocks, head, embeddings, method-specific ones).
+  virtual std::vector<torch::Tensor> parameters() = 0;
+  int64_t parameter_count();
 };
 
 // Builds the configured method on `device`; `train` supplies prototype images when needed.
@@ -64,6 +66,10 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::
 void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 // Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
+void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module);
+// Loads parameters and buffers in place; a stored tensor of another shape is an error (LibTorch
+// itself would silently resize the parameter).
+void load_module(torch::serialize::InputArchive& ar, const std::string& key, torch::nn::Module& module);
 void save_optimizer(torch::serialize::OutputArchive& ar, const std::string& key, torch::optim::Optimizer& opt);
 void load_optimizer(torch::serialize::InputArchive& ar, const std::string& key, torch::optim::Optimizer& opt);
 
