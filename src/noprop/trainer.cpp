@@ -171,7 +171,8 @@ nlohmann::json train(const RunOptions& opt) {
   }
   state.config_yaml = to_yaml(cfg);
   write_file_atomic(dir / "config.yaml", state.config_yaml);
-  if (device.is_cuda()) {
+  // The training set lives on the device, except when augmentation (a CPU kernel) needs it.
+  if (device.is_cuda() && !cfg.augment) {
     data.train.images = data.train.images.to(device), data.train.labels = data.train.labels.to(device);
   }
 
@@ -210,7 +211,7 @@ nlohmann::json train(const RunOptions& opt) {
     int64_t samples = 0, done = 0;
     const int64_t total = batches_per_pass * passes;
     for (int pass = 0; pass < passes; ++pass) {
-      auto perm = torch::randperm(n, torch::kInt64).to(device);
+      auto perm = torch::randperm(n, torch::kInt64).to(data.train.images.device());
       for (int64_t b = 0; b < batches_per_pass; ++b) {
         auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
         ++done;
