@@ -82,10 +82,8 @@ Key text(const char* name, std::string Config::*member, std::vector<std::string>
                if (!n.IsScalar()) bad(where, name, "expected a string, got '" + scalar_text(n) + "'");
                std::string v = n.Scalar();
                if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
-                 std::string list;
-                 for (const auto& ch : choices) list += (list.empty() ? "" : ", ") + ch;
                  std::string hint = closest_match(v, choices);
-                 bad(where, name, "'" + v + "' is not one of " + list +
+                 bad(where, name, "'" + v + "' is not one of " + join(choices) +
                                       (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
                }
                c.*member = v;
@@ -243,9 +241,10 @@ std::vector<NamedConfig> list_named_configs() {
       std::string desc;
       std::istringstream in(read_text_file(entry.path()));
       std::string line;
-      if (std::getline(in, line) && line.rfind("#", 0) == 0)
-        desc = line.substr(line.find_first_not_of("# ") == std::string::npos ? line.size()
-                                                                              : line.find_first_not_of("# "));
+      if (std::getline(in, line) && line.rfind("#", 0) == 0) {
+        auto start = line.find_first_not_of("# ");
+        if (start != std::string::npos) desc = line.substr(start);
+      }
       found[name] = {name, desc, entry.path()};
     }
     if (!found.empty()) break;  // the first directory that has configs wins

@@ -190,15 +190,10 @@ fs::path locate_dataset(const std::string& name, const fs::path& dir) {
   for (const auto& s : subfolders(name)) candidates.push_back(dir / s);
   for (const auto& c : candidates)
     if (has_all(c, name)) return c;
-  std::string files;
-  for (const auto& f : required_files(name)) files += (files.empty() ? "" : ", ") + f + "[.gz]";
-  throw Error(dir.string() + ": " + name + " not found (looked for " + files + " in it and in its sub-folders " +
-              [&] {
-                std::string s;
-                for (const auto& sub : subfolders(name)) s += (s.empty() ? "" : ", ") + sub;
-                return s;
-              }() +
-              ")");
+  std::vector<std::string> files;
+  for (const auto& f : required_files(name)) files.push_back(f + "[.gz]");
+  throw Error(dir.string() + ": " + name + " not found (looked for " + join(files) + " in it and in its sub-folders " +
+              join(subfolders(name)) + ")");
 }
 
 fs::path resolve_data_dir(const std::string& name, const std::string& explicit_dir) {

@@ -22,6 +22,9 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& con
 // Whole file into memory; throws Error naming the file on failure.
 std::string read_text_file(const std::filesystem::path& path);
 
+// "a, b, c".
+std::string join(const std::vector<std::string>& parts, const std::string& sep = ", ");
+
 // Levenshtein distance, for "did you mean" suggestions.
 std::size_t edit_distance(const std::string& a, const std::string& b);
 
