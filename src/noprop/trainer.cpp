@@ -159,7 +159,6 @@ nlohmann::json train(const RunOptions& opt) {
     data.train.labels = data.train.labels.slice(0, 0, cfg.train_samples);
   }
   TrainingState state;
-  if (opt.resume) state = read_checkpoint_state(dir / "final.pt");
 
   torch::manual_seed(uint64_t(cfg.seed));
   auto method = make_method(cfg, data.info, &data.train, device);
