@@ -1,7 +1,8 @@
-// noprop: train, evaluate and list configs for NoProp-DT and the back-propagation baseline.
+// noprop: train, evaluate and list configs for NoProp-DT, -CT, -FM and the back-propagation baseline.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -60,25 +61,70 @@ int run_train(const TrainArgs& a) {
   return 0;
 }
 
-int run_eval(const std::string& checkpoint, const std::string& data_dir, int runs, bool no_noise, long long seed,
-             int threads, const std::string& device_name) {
-  auto state = read_checkpoint_state(checkpoint);
+struct EvalArgs {
+  std::string checkpoint, data_dir, device;
+  int runs = 0, threads = -1;
+  bool no_noise = false;
+  long long seed = -1;
+  std::vector<int> steps;
+  std::vector<std::string> solvers, samplers;
+};
+
+// One evaluation per combination of --steps, --solver and --sampler that the method uses.
+int run_eval(const EvalArgs& a) {
+  auto state = read_checkpoint_state(a.checkpoint);
   Config cfg;
-  apply_yaml(cfg, state.config_yaml, checkpoint);
-  if (!data_dir.empty()) cfg.data_dir = data_dir;
-  if (!device_name.empty()) apply_override(cfg, "device=" + device_name);
-  int used_threads = configure_threads(threads >= 0 ? threads : cfg.threads);
+  apply_yaml(cfg, state.config_yaml, a.checkpoint);
+  if (!a.data_dir.empty()) cfg.data_dir = a.data_dir;
+  if (!a.device.empty()) apply_override(cfg, "device=" + a.device);
+  const bool continuous = cfg.method == "ct" || cfg.method == "fm";
+  if (!continuous && (!a.steps.empty() || !a.solvers.empty() || !a.samplers.empty()))
+    throw Error("--steps, --solver and --sampler apply to the ct and fm methods; this checkpoint is " + cfg.method);
+  if (cfg.method == "fm" && !a.samplers.empty()) throw Error("--sampler applies to the ct method only");
+  int used_threads = configure_threads(a.threads >= 0 ? a.threads : cfg.threads);
   auto device = select_device(cfg.device);
   auto dir = resolve_data_dir(cfg.dataset, cfg.data_dir);
   auto data = load_dataset(cfg.dataset, dir);
   auto method = make_method(cfg, data.info, &data.train, device);
-  load_checkpoint(checkpoint, *method, /*restore_rng=*/false);
-  bool noise = cfg.inference_noise && !no_noise;
-  int n = runs > 0 ? runs : (noise ? cfg.inference_runs : 1);
-  auto r = evaluate(*method, data.test, n, noise, seed >= 0 ? seed : cfg.inference_seed, cfg.eval_batch_size, device);
-  nlohmann::json out = {{"checkpoint", checkpoint},   {"epoch", state.epoch},       {"dataset", cfg.dataset},
-                        {"test_accuracy", r.mean},    {"test_accuracy_std", r.stddev},
-                        {"test_accuracy_runs", r.runs}, {"inference_noise", noise}, {"threads", used_threads}};
+  load_checkpoint(a.checkpoint, *method, /*restore_rng=*/false);
+
+  InferenceOptions base = inference_options(cfg);
+  base.noise = cfg.inference_noise && !a.no_noise;
+  const int n = a.runs > 0 ? a.runs : (base.noise ? cfg.inference_runs : 1);
+  const auto steps = a.steps.empty() ? std::vector<int>{base.steps} : a.steps;
+  const auto solvers = a.solvers.empty() ? std::vector<std::string>{base.solver} : a.solvers;
+  const auto samplers = a.samplers.empty() ? std::vector<std::string>{base.sampler} : a.samplers;
+  nlohmann::json results = nlohmann::json::array();
+  for (int st : steps) {
+    for (const auto& sampler : samplers) {
+      for (std::size_t si = 0; si < solvers.size(); ++si) {
+        // CT's ancestral sampler has no solver: evaluate it once.
+        if (cfg.method == "ct" && sampler == "ancestral" && si > 0) continue;
+        InferenceOptions io = base;
+        io.steps = st, io.sampler = sampler, io.solver = solvers[si];
+        const auto t0 = std::chrono::steady_clock::now();
+        auto r = evaluate(*method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed, cfg.eval_batch_size,
+                          device);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        nlohmann::json row = {{"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs},
+                              {"seconds", secs}};
+        if (continuous) row["steps"] = st, row["solver"] = io.solver;
+        if (cfg.method == "ct") row["sampler"] = sampler;
+        if (cfg.method == "ct" && sampler == "ancestral") row.erase("solver");
+        results.push_back(row);
+      }
+    }
+  }
+  nlohmann::json out = {{"checkpoint", a.checkpoint},
+                        {"epoch", state.epoch},
+                        {"method", cfg.method},
+                        {"dataset", cfg.dataset},
+                        {"test_accuracy", results[0]["test_accuracy"]},
+                        {"test_accuracy_std", results[0]["test_accuracy_std"]},
+                        {"test_accuracy_runs", results[0]["test_accuracy_runs"]},
+                        {"inference_noise", base.noise},
+                        {"threads", used_threads}};
+  if (continuous) out["results"] = results;
   std::cout << out.dump(2) << std::endl;
   return 0;
 }
@@ -87,7 +133,7 @@ int run_eval(const std::string& checkpoint, const std::string& data_dir, int run
 
 int main(int argc, char** argv) {
   init_process(argc, argv);
-  CLI::App app{"NoProp: training neural networks without back-propagation (NoProp-DT and the backprop baseline)"};
+  CLI::App app{"NoProp: training neural networks without back-propagation (NoProp-DT, -CT, -FM and the backprop baseline)"};
   app.require_subcommand(1);
 
   TrainArgs ta;
@@ -105,19 +151,25 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--out", ta.out, "run directory (default runs/<timestamp>-<config>)");
   train_cmd->add_option("--resume", ta.resume, "continue the run in DIR from its final.pt")->check(CLI::ExistingDirectory);
 
-  std::string ckpt, eval_data_dir, eval_device;
-  int eval_runs = 0, eval_threads = -1;
-  bool no_noise = false;
-  long long eval_seed = -1;
+  EvalArgs ea;
   auto* eval_cmd = app.add_subcommand("eval", "Evaluate a checkpoint on the test set; prints JSON");
-  eval_cmd->add_option("--checkpoint", ckpt, "checkpoint file (best.pt or final.pt)")->required();
-  eval_cmd->add_option("--data-dir", eval_data_dir, "data directory");
-  eval_cmd->add_option("--inference-runs", eval_runs, "stochastic inference runs (default: the config's)")
+  eval_cmd->add_option("--checkpoint", ea.checkpoint, "checkpoint file (best.pt or final.pt)")->required();
+  eval_cmd->add_option("--data-dir", ea.data_dir, "data directory");
+  eval_cmd->add_option("--inference-runs", ea.runs, "stochastic inference runs (default: the config's)")
       ->check(CLI::Range(1, 1000));
-  eval_cmd->add_flag("--no-noise", no_noise, "deterministic inference: z_0 = 0, ε_t = 0");
-  eval_cmd->add_option("--seed", eval_seed, "inference seed")->check(CLI::NonNegativeNumber);
-  eval_cmd->add_option("--threads", eval_threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
-  eval_cmd->add_option("--device", eval_device, "cpu, cuda or cuda:N");
+  eval_cmd->add_flag("--no-noise", ea.no_noise, "deterministic inference: z_0 = 0, ε_t = 0");
+  eval_cmd->add_option("--seed", ea.seed, "inference seed")->check(CLI::NonNegativeNumber);
+  eval_cmd->add_option("--threads", ea.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
+  eval_cmd->add_option("--device", ea.device, "cpu, cuda or cuda:N");
+  eval_cmd->add_option("--steps", ea.steps, "ct, fm: inference step counts, e.g. 10,100,1000 (default: the config's)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1000000));
+  eval_cmd->add_option("--solver", ea.solvers, "ct flow, fm: ODE solvers, e.g. euler,heun")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"euler", "heun"}));
+  eval_cmd->add_option("--sampler", ea.samplers, "ct: samplers, e.g. ancestral,flow")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"ancestral", "flow"}));
 
   auto* configs_cmd = app.add_subcommand("configs", "List the named configs");
   bool show_keys = false;
@@ -131,7 +183,7 @@ int main(int argc, char** argv) {
 
   try {
     if (train_cmd->parsed()) return run_train(ta);
-    if (eval_cmd->parsed()) return run_eval(ckpt, eval_data_dir, eval_runs, no_noise, eval_seed, eval_threads, eval_device);
+    if (eval_cmd->parsed()) return run_eval(ea);
     if (configs_cmd->parsed()) {
       if (show_keys) {
         for (const auto& [k, help] : config_keys()) std::printf("%-26s %s\n", k.c_str(), help.c_str());

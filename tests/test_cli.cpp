@@ -96,6 +96,10 @@ TEST_F(CliTest, TrainThenEvalAgree) {
           (dir / "data").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(nlohmann::json::parse(r.out)["test_accuracy_std"].get<double>(), 0.0);
+  r = run("eval --steps 10" + std::string(" --checkpoint ") + (dir / "run" / "final.pt").string() + " --data-dir " +
+          (dir / "data").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("apply to the ct and fm methods"), std::string::npos) << r.out;
   // A second run into the same directory is refused rather than overwriting it.
   r = run("train --config " + (dir / "tiny.yaml").string() + " --data-dir " + (dir / "data").string() + " --out " +
           (dir / "run").string());
@@ -107,9 +111,42 @@ TEST_F(CliTest, TrainThenEvalAgree) {
   EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"))["epochs"], 2);
 }
 
+// CT: one eval call covers several step counts and samplers/solvers; the config's own
+// setting reproduces the training summary; the options are refused for DT checkpoints.
+TEST_F(CliTest, EvalStepsAndSolversForContinuousMethods) {
+  write_synthetic_mnist(dir / "data", 128, 60);
+  {
+    std::ofstream cfg(dir / "ct.yaml");
+    cfg << "dataset: mnist\nmethod: ct\narchitecture: seed\nbatch_size: 64\nepochs: 1\ninference_steps: 5\n"
+           "inference_runs: 2\n";
+  }
+  auto r = run("train --config " + (dir / "ct.yaml").string() + " --threads 1 --data-dir " + (dir / "data").string() +
+               " --out " + (dir / "run").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto summary = nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"));
+  EXPECT_EQ(summary["inference"]["steps"], 5);
+  const std::string ckpt = " --checkpoint " + (dir / "run" / "final.pt").string() + " --data-dir " + (dir / "data").string();
+  r = run("eval" + ckpt + " --steps 5,3 --sampler ancestral,flow --solver euler,heun --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ev = nlohmann::json::parse(r.out);
+  EXPECT_DOUBLE_EQ(ev["test_accuracy"].get<double>(), summary["test_accuracy"].get<double>());
+  // Per step count: ancestral once, flow with each solver.
+  ASSERT_EQ(ev["results"].size(), 6u) << r.out;
+  EXPECT_EQ(ev["results"][0]["steps"], 5);
+  EXPECT_EQ(ev["results"][0]["sampler"], "ancestral");
+  EXPECT_FALSE(ev["results"][0].contains("solver"));
+  EXPECT_EQ(ev["results"][2]["solver"], "heun");
+  EXPECT_EQ(ev["results"][5]["steps"], 3);
+  r = run("eval" + ckpt + " --steps 0");
+  EXPECT_NE(r.code, 0);
+  r = run("eval" + ckpt + " --solver rk4");
+  EXPECT_NE(r.code, 0);
+}
+
 TEST_F(CliTest, ConfigsListed) {
   auto r = run("configs");
   EXPECT_EQ(r.code, 0);
-  for (auto name : {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick"})
+  for (auto name : {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick",
+                    "mnist-ct", "mnist-ct-dim20", "mnist-ct-prototype", "cifar100-fm-prototype", "fashion-mnist-fm-quick"})
     EXPECT_NE(r.out.find(name), std::string::npos) << name;
 }

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "noprop/config.h"
 #include "noprop/util.h"
 #include "test_util.h"
@@ -101,4 +103,40 @@ TEST(Config, ShippedConfigsLoad) {
   }
   EXPECT_EQ(find_named_config("mnist-dt").stem(), "mnist-dt");
   EXPECT_NE(error_of([&] { find_named_config("mnist-td"); }).find("did you mean 'mnist-dt'"), std::string::npos);
+}
+
+// The continuous-time configs carry Table 3's settings: Adam, lr 1e-3, batch 128, the data
+// set's epochs, η = 1 for CT, 1000 inference steps, and the embedding their name says.
+TEST(Config, ContinuousConfigsFollowTable3) {
+  const std::map<std::string, int> epochs{{"mnist", 100}, {"fashion-mnist", 100}, {"cifar10", 500}, {"cifar100", 1000}};
+  for (const auto& [ds, ep] : epochs) {
+    for (std::string m : {"ct", "fm"}) {
+      for (std::string suffix : {"", "-dim20", "-prototype"}) {
+        const std::string name = ds + "-" + m + suffix;
+        Config c = load_config_file(find_named_config(name));
+        EXPECT_EQ(c.dataset, ds) << name;
+        EXPECT_EQ(c.method, m) << name;
+        EXPECT_EQ(c.optimizer, "adam") << name;
+        EXPECT_EQ(c.epochs, ep) << name;
+        EXPECT_EQ(c.batch_size, 128) << name;
+        EXPECT_DOUBLE_EQ(c.learning_rate, 1e-3) << name;
+        EXPECT_EQ(c.inference_steps, 1000) << name;
+        EXPECT_EQ(c.architecture, "paper") << name;
+        if (m == "ct") EXPECT_DOUBLE_EQ(c.eta, 1.0) << name;
+        EXPECT_EQ(c.embedding, suffix.empty() ? "one-hot" : suffix == "-dim20" ? "learned" : "prototype") << name;
+        if (suffix == "-dim20") EXPECT_EQ(c.embedding_dim, 20) << name;
+      }
+      EXPECT_NO_THROW(find_named_config(ds + "-" + m + "-quick"));
+    }
+  }
+}
+
+// Typos in names: a swap of two neighbouring characters is one edit.
+TEST(Util, EditDistanceCountsSwapsOnce) {
+  EXPECT_EQ(edit_distance("mnist-td", "mnist-dt"), 1u);
+  EXPECT_EQ(edit_distance("mnist-td", "mnist-fm"), 2u);
+  EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(edit_distance("ab", "ba"), 1u);
+  EXPECT_EQ(closest_match("mnist-td", {"mnist-ct", "mnist-dt", "mnist-fm"}), "mnist-dt");
 }

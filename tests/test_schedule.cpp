@@ -50,3 +50,59 @@ TEST(Schedule, MarginalPropertyHoldsAnalytically) {
 }
 
 TEST(Schedule, RejectsZeroSteps) { EXPECT_THROW(CosineSchedule(ScheduleOptions{0}), std::invalid_argument); }
+
+// For random parameters (any seed), γ(t) is strictly decreasing, so ᾱ(t) increases, and it
+// hits its learned endpoints: γ(0) = γ1, γ(1) = γ0.
+TEST(LearnedSchedule, MonotoneWithExactEndpoints) {
+  for (int seed = 0; seed < 20; ++seed) {
+    torch::manual_seed(seed);
+    noprop::LearnedSchedule s(1e-3, 0.999, 16);
+    torch::NoGradGuard g;
+    // Random raw weights, endpoints moved off their initial values.
+    for (auto& p : s->parameters()) p.normal_(0.0, 2.0);
+    s->gamma0.fill_(-3.0 + seed * 0.1);
+    s->gamma1.fill_(4.0 + seed * 0.2);
+    auto t = torch::linspace(0.0, 1.0, 1001, torch::kFloat64);
+    auto gm = s->gamma(t);
+    EXPECT_TRUE((gm.slice(0, 1) < gm.slice(0, 0, -1)).all().item<bool>()) << "seed " << seed;
+    EXPECT_NEAR(gm[0].item<double>(), 4.0 + seed * 0.2, 1e-5);
+    EXPECT_NEAR(gm[-1].item<double>(), -3.0 + seed * 0.1, 1e-5);
+    auto ab = s->alpha_bar(t);
+    EXPECT_NEAR(ab[0].item<double>(), 1 / (1 + std::exp(4.0 + seed * 0.2)), 1e-6);
+  }
+  // Initial endpoints are the DT schedule's ᾱ_min and ᾱ_max.
+  noprop::LearnedSchedule s(1e-3, 0.999, 8);
+  torch::NoGradGuard g;
+  EXPECT_NEAR(s->alpha_bar(torch::tensor({0.0}, torch::kFloat64)).item<double>(), 1e-3, 1e-7);
+  EXPECT_NEAR(s->alpha_bar(torch::tensor({1.0}, torch::kFloat64)).item<double>(), 0.999, 1e-7);
+}
+
+// The closed-form SNR′(t) agrees with central differences of SNR(t), and with autograd.
+TEST(LearnedSchedule, SnrDerivativeMatchesFiniteDifferences) {
+  torch::manual_seed(7);
+  noprop::LearnedSchedule s(1e-3, 0.999, 32);
+  torch::NoGradGuard g;
+  for (auto& p : s->parameters()) p.add_(torch::randn_like(p) * 0.5);
+  auto t = torch::linspace(0.02, 0.98, 25, torch::kFloat64);
+  const double h = 1e-6;
+  auto fd = (s->snr(t + h) - s->snr(t - h)) / (2 * h);
+  auto closed = s->snr_derivative(t);
+  EXPECT_TRUE(torch::allclose(closed, fd, 1e-5, 1e-6)) << (closed - fd).abs().max().item<double>();
+  EXPECT_TRUE((closed > 0).all().item<bool>());
+  {
+    torch::AutoGradMode on(true);
+    auto tt = torch::tensor({0.37}, torch::kFloat64).requires_grad_(true);
+    auto snr = s->snr(tt);
+    auto grad = torch::autograd::grad({snr}, {tt})[0];
+    EXPECT_NEAR(grad.item<double>(), s->snr_derivative(tt.detach()).item<double>(), 1e-8 * grad.abs().item<double>() + 1e-10);
+  }
+}
+
+TEST(Schedule, StepCoefficientsAgreeWithCosine) {
+  CosineSchedule s(ScheduleOptions{});
+  auto c = noprop::step_coefficients(s.alpha_bar(4), s.alpha_bar(5));
+  EXPECT_DOUBLE_EQ(c.a, s.a(5));
+  EXPECT_NEAR(c.a, 0.330356, 1e-6);
+  EXPECT_NEAR(c.b, 0.637874, 1e-6);
+  EXPECT_NEAR(c.c, 0.237943, 1e-6);
+}

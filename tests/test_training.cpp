@@ -21,6 +21,9 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
   if (GetParam().find("sequential") != std::string::npos) cfg.block_order = "sequential";
   cfg.epochs = 5;
   cfg.batch_size = 32;
+  if (cfg.method == "ct" || cfg.method == "fm") cfg.inference_steps = 20, cfg.eta = 1.0;
+  // CT's head sees one Adam step per batch (DT's sees T): give it a larger step here.
+  if (cfg.method == "ct") cfg.learning_rate = 3e-3;
   auto s = train(RunOptions{cfg, "tiny", dir / "run", false, true});
   EXPECT_GT(s["test_accuracy"].get<double>(), 40.0) << s.dump();
   EXPECT_EQ(s["test_accuracy_runs"].size(), 2u);
@@ -35,4 +38,5 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, TrainingTest,
-                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential"));
+                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential", "ct", "ct-learned", "fm",
+                                           "fm-learned"));

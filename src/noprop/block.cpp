@@ -1,10 +1,13 @@
 #include "noprop/block.h"
 
+#include <cmath>
+
 namespace noprop {
 namespace nn = torch::nn;
 
 namespace {
 constexpr int kFeatures = 256;  // width of the image, label and fused paths (Fig. 6)
+constexpr int kTimeDim = 64;    // sinusoidal time embedding (continuous-time model)
 
 nn::Conv2d conv3x3(int in, int out) { return nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1)); }
 nn::MaxPool2d pool2() { return nn::MaxPool2d(nn::MaxPool2dOptions(2)); }
@@ -12,7 +15,7 @@ nn::MaxPool2d pool2() { return nn::MaxPool2d(nn::MaxPool2dOptions(2)); }
 int conv_out_channels(const BlockOptions& opt) { return opt.architecture == "seed" ? 64 : 128; }
 }  // namespace
 
-nn::Sequential make_conv_path(const BlockOptions& opt) {
+nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm) {
   TORCH_CHECK(opt.height % 4 == 0 && opt.width % 4 == 0, "image size must be a multiple of 4");
   const double p = opt.dropout;
   nn::Sequential s;
@@ -35,7 +38,10 @@ nn::Sequential make_conv_path(const BlockOptions& opt) {
   s->push_back(nn::Flatten());
   const int flat = conv_out_channels(opt) * (opt.height / 4) * (opt.width / 4);
   s->push_back(nn::Linear(flat, kFeatures));
-  s->push_back(nn::BatchNorm1d(kFeatures));
+  if (batch_norm)
+    s->push_back(nn::BatchNorm1d(kFeatures));
+  else
+    s->push_back(nn::ReLU(nn::ReLUOptions(true)));
   return s;
 }
 
@@ -70,12 +76,63 @@ torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Ten
   return fused->forward(torch::cat({img, lab}, 1));
 }
 
-double block_forward_flops(const BlockOptions& opt) {
+torch::Tensor time_embedding(const torch::Tensor& t, int dim) {
+  const int half = dim / 2;
+  auto freqs = torch::exp(torch::arange(half, t.options()) * (-std::log(10000.0) / half));
+  auto args = (1000.0 * t).unsqueeze(1) * freqs.unsqueeze(0);
+  return torch::cat({torch::sin(args), torch::cos(args)}, 1);
+}
+
+ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt) {
+  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed",
+              "unknown block architecture '", opt.architecture, "'");
+  image_path = register_module("image_path", make_conv_path(opt, /*batch_norm=*/false));
+  if (opt.label_is_image)
+    label_conv = register_module("label_conv", make_conv_path(opt, /*batch_norm=*/false));
+  else
+    label_in = register_module("label_in", nn::Sequential(nn::Linear(opt.embed_dim, kFeatures), nn::ReLU()));
+  time_in = register_module("time_in", nn::Sequential(nn::Linear(kTimeDim, kFeatures), nn::ReLU()));
+  fused_in = register_module("fused_in", nn::Linear(3 * kFeatures, kFeatures));
+  fused = register_module("fused", nn::Sequential(nn::ReLU(), nn::Linear(kFeatures, 128), nn::ReLU(),
+                                                  nn::Linear(128, opt.num_classes)));
+}
+
+torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
+  // fused_in(concat(img, lab, time)) = img·W_imgᵀ + b + lab·W_labᵀ + time·W_timeᵀ.
+  return torch::addmm(fused_in->bias, image_path->forward(x), fused_in->weight.slice(1, 0, kFeatures).t());
+}
+
+torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
+                                                    const torch::Tensor& t) {
+  auto lab = options.label_is_image
+                 ? label_conv->forward(z.view({z.size(0), options.channels, options.height, options.width}))
+                 : label_in->forward(z);
+  auto tim = time_in->forward(time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim));
+  const auto& w = fused_in->weight;
+  auto h = prepared + lab.matmul(w.slice(1, kFeatures, 2 * kFeatures).t()) +
+           tim.matmul(w.slice(1, 2 * kFeatures, 3 * kFeatures).t());
+  return fused->forward(h);
+}
+
+namespace {
+// Image-path multiply-adds of one sample.
+double image_path_madds(const BlockOptions& opt) {
   const double hw = double(opt.height) * opt.width, hw4 = hw / 4, hw16 = hw / 16;
   double conv = 9.0 * (opt.channels * 32 * hw + 32 * 64 * hw4);
   if (opt.architecture != "seed") conv += 9.0 * 64 * 128 * hw4;
-  const double flat = conv_out_channels(opt) * hw16;
-  double image = conv + flat * kFeatures;
+  return conv + conv_out_channels(opt) * hw16 * kFeatures;
+}
+}  // namespace
+
+double continuous_block_forward_flops(const BlockOptions& opt) {
+  double image = image_path_madds(opt);
+  double label = opt.label_is_image ? image : double(opt.embed_dim) * kFeatures;
+  double fused = double(kTimeDim) * kFeatures + 3.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
+  return 2.0 * (image + label + fused);
+}
+
+double block_forward_flops(const BlockOptions& opt) {
+  double image = image_path_madds(opt);
   double label = opt.label_is_image ? image : double(opt.embed_dim) * kFeatures + 2.0 * kFeatures * kFeatures;
   double fused = 2.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
   return 2.0 * (image + label + fused);

@@ -8,6 +8,11 @@
 //  label path:  FC 256 → BN → ReLU → [FC 256 → BN → ReLU → FC 256 → BN] + skip
 //               (prototype embeddings: the noised label is an image with its own conv path)
 //  fused:       concat(512) → FC 256 → BN → ReLU → FC 128 → BN → ReLU → FC m
+//
+// ContinuousBlock is the continuous-time model û_θ(z_t, x, t) of Fig. 6 (right), shared by
+// NoProp-CT and NoProp-FM: the same image path ending in FC 256 → ReLU, no batch norm
+// anywhere, a label path FC 256 → ReLU, a time path (sinusoidal embedding 64 → FC 256 → ReLU)
+// and concat(768) → FC 256 → ReLU → FC 128 → ReLU → FC m.
 #pragma once
 
 #include <torch/torch.h>
@@ -25,9 +30,9 @@ struct BlockOptions {
   bool label_is_image = false;  // prototype embeddings: z has the image's shape
 };
 
-// Conv feature extractor ending in FC 256 → BN; shared by the image path and the
-// prototype label path.
-torch::nn::Sequential make_conv_path(const BlockOptions& opt);
+// Conv feature extractor ending in FC 256 → BN (or FC 256 → ReLU without batch norm for the
+// continuous-time model); shared by the image path and the prototype label path.
+torch::nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm = true);
 
 struct DenoiseBlockImpl : torch::nn::Module {
   explicit DenoiseBlockImpl(const BlockOptions& opt);
@@ -42,7 +47,33 @@ struct DenoiseBlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(DenoiseBlock);
 
+// Sinusoidal embedding of t ∈ [0, 1] (shape B), B×dim: sin and cos of 1000·t at dim/2
+// frequencies 10000^(−i/(dim/2)), as in transformer position encodings.
+torch::Tensor time_embedding(const torch::Tensor& t, int dim = 64);
+
+struct ContinuousBlockImpl : torch::nn::Module {
+  explicit ContinuousBlockImpl(const BlockOptions& opt);
+  // Logits, B×m; t has shape B, or 1 (the same time for every sample).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& t) {
+    return forward_prepared(prepare(x), z, t);
+  }
+  // The image's contribution to the first fused layer. It does not depend on z or t, so
+  // inference computes it once per image instead of once per step.
+  torch::Tensor prepare(const torch::Tensor& x);
+  torch::Tensor forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z, const torch::Tensor& t);
+
+  BlockOptions options;
+  torch::nn::Sequential image_path{nullptr};
+  torch::nn::Sequential label_in{nullptr};    // vector labels
+  torch::nn::Sequential label_conv{nullptr};  // prototype labels
+  torch::nn::Sequential time_in{nullptr};
+  torch::nn::Linear fused_in{nullptr};        // on concat(image, label, time)
+  torch::nn::Sequential fused{nullptr};       // ReLU → FC 128 → ReLU → FC m
+};
+TORCH_MODULE(ContinuousBlock);
+
 // Multiply-adds ×2 of one forward pass of one block on one sample (for GFLOP/s figures).
 double block_forward_flops(const BlockOptions& opt);
+double continuous_block_forward_flops(const BlockOptions& opt);
 
 }  // namespace noprop

@@ -18,7 +18,7 @@ struct Config {
   int train_samples = 0;          // use only the first N training samples (0: all), for quick runs
 
   // Method.
-  std::string method = "dt";                 // dt | backprop
+  std::string method = "dt";                 // dt | backprop | ct | fm
   int num_layers = 10;                       // T, the number of blocks
   double eta = 0.1;                          // η of Eq. 8
   std::string block_order = "interleaved";   // interleaved | sequential (Algorithm 1)
@@ -26,6 +26,8 @@ struct Config {
   double noise_schedule_max = 0.999;         // ᾱ_max
   double cosine_s = 0.008;                   // s of the cosine schedule
   double alpha_init = 0.5;                   // backprop: initial α_t = tanh(w_t) (ours)
+  int schedule_hidden = 64;                  // CT: hidden width of the schedule network γ̃ (ours)
+  double fm_sigma = 0.0;                     // FM: σ of z_t ~ N(t z_1 + (1 − t) z_0, σ²) (ours)
 
   // Model.
   std::string architecture = "paper";  // paper (Fig. 6, three convs) | seed (two convs)
@@ -48,6 +50,9 @@ struct Config {
 
   // Inference and evaluation.
   bool inference_noise = true;   // false: z_0 = 0 and ε_t = 0, a deterministic chain
+  int inference_steps = 1000;    // CT and FM: steps over t ∈ [0, 1]
+  std::string solver = "euler";  // CT flow and FM: euler | heun
+  std::string ct_sampler = "ancestral";  // CT: ancestral (Eq. 3) | flow (probability-flow ODE)
   int inference_runs = 5;        // stochastic runs averaged at the end of training
   long long inference_seed = 0;
   int eval_batch_size = 1000;

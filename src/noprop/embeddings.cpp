@@ -28,9 +28,13 @@ ClassEmbeddingImpl::ClassEmbeddingImpl(const std::string& k, int num_classes, in
 }
 
 torch::Tensor ClassEmbeddingImpl::kl(const torch::Tensor& y, double ab0) {
+  return kl(y, torch::scalar_tensor(ab0, weight.options().requires_grad(false)));
+}
+
+torch::Tensor ClassEmbeddingImpl::kl(const torch::Tensor& y, const torch::Tensor& ab0) {
   const double d = double(dim());
   auto sq = forward(y).pow(2).sum(1);
-  return 0.5 * (d * (-ab0 - std::log1p(-ab0)) + ab0 * sq).mean();
+  return (0.5 * (d * (-ab0 - torch::log1p(-ab0)) + ab0 * sq)).mean();
 }
 
 torch::Tensor select_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int num_classes,

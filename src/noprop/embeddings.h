@@ -18,6 +18,7 @@ struct ClassEmbeddingImpl : torch::nn::Module {
 
   // KL(q(z_0|y) ‖ N(0, I)) = ½ [d(−ᾱ_0 − ln(1 − ᾱ_0)) + ᾱ_0 ‖u_y‖²], averaged over the batch.
   torch::Tensor kl(const torch::Tensor& y, double alpha_bar0);
+  torch::Tensor kl(const torch::Tensor& y, const torch::Tensor& alpha_bar0);  // NoProp-CT: ᾱ_0 learned
 
   std::string kind;
   bool learned = false;

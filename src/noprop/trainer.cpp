@@ -111,8 +111,8 @@ void prepare_run_dir(const fs::path& dir) {
 
 }  // namespace
 
-EvalResult evaluate(Method& method, const Dataset& data, int runs, bool noise, int64_t seed, int batch_size,
-                    torch::Device device) {
+EvalResult evaluate(Method& method, const Dataset& data, int runs, const InferenceOptions& inference, int64_t seed,
+                    int batch_size, torch::Device device) {
   method.set_training(false);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(seed));
   EvalResult r;
@@ -123,7 +123,7 @@ EvalResult evaluate(Method& method, const Dataset& data, int runs, bool noise, i
       int64_t e = std::min(n, i + batch_size);
       auto x = data.images.slice(0, i, e).to(device);
       auto y = data.labels.slice(0, i, e).to(device);
-      correct += (method.predict(x, noise, gen).argmax(1) == y).sum();
+      correct += (method.predict(x, inference, gen).argmax(1) == y).sum();
     }
     r.runs.push_back(100.0 * double(correct.item<int64_t>()) / double(n));
   }
@@ -176,6 +176,7 @@ nlohmann::json train(const RunOptions& opt) {
   }
 
   const auto loss_names = method->loss_names();
+  const InferenceOptions inference = inference_options(cfg);
   std::vector<std::string> columns{"epoch"};
   columns.insert(columns.end(), loss_names.begin(), loss_names.end());
   columns.insert(columns.end(), {"test_accuracy", "train_accuracy", "seconds", "eval_seconds", "samples_per_second"});
@@ -245,11 +246,11 @@ nlohmann::json train(const RunOptions& opt) {
     ++epochs_run;
 
     const auto te0 = Clock::now();
-    last_eval = evaluate(*method, data.test, 1, cfg.inference_noise, cfg.inference_seed, cfg.eval_batch_size, device);
+    last_eval = evaluate(*method, data.test, 1, inference, cfg.inference_seed, cfg.eval_batch_size, device);
     last_eval_acc = last_eval.mean;
     double train_acc = NAN;
     if (cfg.train_eval)
-      train_acc = evaluate(*method, data.train, 1, cfg.inference_noise, cfg.inference_seed, cfg.eval_batch_size, device).mean;
+      train_acc = evaluate(*method, data.train, 1, inference, cfg.inference_seed, cfg.eval_batch_size, device).mean;
     const double eval_s = seconds_since(te0);
 
     std::vector<double> row{double(epoch)};
@@ -285,8 +286,8 @@ nlohmann::json train(const RunOptions& opt) {
   // Final evaluation: several stochastic inference runs of the final model.
   const auto tf0 = Clock::now();
   EvalResult final_eval =
-      evaluate(*method, data.test, cfg.inference_noise ? cfg.inference_runs : 1, cfg.inference_noise,
-               cfg.inference_seed, cfg.eval_batch_size, device);
+      evaluate(*method, data.test, inference.noise ? cfg.inference_runs : 1, inference, cfg.inference_seed,
+               cfg.eval_batch_size, device);
   const double final_eval_s = seconds_since(tf0);
   const double per_batch_eval = final_eval_s / double(final_eval.runs.size());
 
@@ -306,6 +307,8 @@ nlohmann::json train(const RunOptions& opt) {
       {"seconds_per_epoch", epochs_run ? train_seconds_total / double(epochs_run) : NAN},
       {"samples_per_second", epochs_run ? double(n) * passes * double(epochs_run) / train_seconds_total : NAN},
       {"inference_images_per_second", double(data.test.size()) / per_batch_eval},
+      {"inference", {{"noise", inference.noise}, {"steps", inference.steps}, {"solver", inference.solver},
+                     {"sampler", inference.sampler}}},
       {"peak_rss_mb", peak_rss_mb()},
       {"parameters", method->parameter_count()},
       {"threads", threads},

@@ -22,8 +22,8 @@ struct EvalResult {
 
 // Accuracy of `runs` inference runs on `data` (one generator seeded with `seed`, drawn in
 // sequence, so run r is reproducible); sample standard deviation over runs.
-EvalResult evaluate(Method& method, const Dataset& data, int runs, bool noise, int64_t seed, int batch_size,
-                    torch::Device device);
+EvalResult evaluate(Method& method, const Dataset& data, int runs, const InferenceOptions& inference, int64_t seed,
+                    int batch_size, torch::Device device);
 
 struct RunOptions {
   Config cfg;

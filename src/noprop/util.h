@@ -25,7 +25,8 @@ std::string read_text_file(const std::filesystem::path& path);
 // "a, b, c".
 std::string join(const std::vector<std::string>& parts, const std::string& sep = ", ");
 
-// Levenshtein distance, for "did you mean" suggestions.
+// Edit distance counting a swap of neighbouring characters as one edit (optimal string
+// alignment), for "did you mean" suggestions.
 std::size_t edit_distance(const std::string& a, const std::string& b);
 
 // The candidate closest to `word`, or "" when none is close enough to be a plausible typo.

@@ -37,10 +37,10 @@ std::vector<torch::Tensor> BackpropMethod::train_step(const torch::Tensor& x, co
   return {l, l};
 }
 
-torch::Tensor BackpropMethod::predict(const torch::Tensor& x, bool noise, at::Generator& gen) {
+torch::Tensor BackpropMethod::predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) {
   torch::NoGradGuard no_grad;
   auto z0 = torch::zeros({x.size(0), int64_t(model_->net->embed->dim())}, x.options());
-  if (noise) z0 = normal_like(z0, gen);
+  if (opt.noise) z0 = normal_like(z0, gen);
   return model_->forward(x, z0);
 }
 

@@ -77,7 +77,8 @@ torch::Tensor DTMethod::inference_step(int t, const torch::Tensor& u_hat, const 
   return eps.defined() ? z + std::sqrt(schedule_.c(t)) * eps : z;
 }
 
-torch::Tensor DTMethod::predict(const torch::Tensor& x, bool noise, at::Generator& gen) {
+torch::Tensor DTMethod::predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) {
+  const bool noise = opt.noise;
   torch::NoGradGuard no_grad;
   const int64_t B = x.size(0), d = net_->embed->dim();
   auto z = torch::zeros({B, d}, x.options());

@@ -23,7 +23,7 @@ class DTMethod : public Method {
   std::vector<std::string> loss_names() const override;
   int passes_per_epoch() const override { return sequential_ ? net_->T() : 1; }
   std::vector<torch::Tensor> train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) override;
-  torch::Tensor predict(const torch::Tensor& x, bool noise, at::Generator& gen) override;
+  torch::Tensor predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) override;
   void set_training(bool on) override { net_->train(on); }
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;

@@ -1,7 +1,9 @@
 #include "noprop/methods/method.h"
 
 #include "noprop/methods/backprop.h"
+#include "noprop/methods/ct.h"
 #include "noprop/methods/dt.h"
+#include "noprop/methods/fm.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -12,13 +14,20 @@ NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torc
   const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
   block_options = BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto};
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(DenoiseBlock(block_options));
+  if (cfg.method == "ct" || cfg.method == "fm")
+    cblock = register_module("block", ContinuousBlock(block_options));
+  else
+    for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(DenoiseBlock(block_options));
   embed = register_module("embed", ClassEmbedding(cfg.embedding, m, d, prototypes));
   head = register_module("head", Head(cfg.head, d, m, cfg.head_sigma));
 }
 
 torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch::Tensor& z) {
   return torch::softmax(block(t)->forward(x, z), 1).matmul(embed->weight);
+}
+
+InferenceOptions inference_options(const Config& cfg) {
+  return InferenceOptions{cfg.inference_noise, cfg.inference_steps, cfg.solver, cfg.ct_sampler};
 }
 
 int64_t Method::parameter_count() {
@@ -39,6 +48,8 @@ std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, con
   net->to(device);
   if (cfg.method == "dt") return std::make_unique<DTMethod>(cfg, net);
   if (cfg.method == "backprop") return std::make_unique<BackpropMethod>(cfg, net);
+  if (cfg.method == "ct") return std::make_unique<CTMethod>(cfg, net);
+  if (cfg.method == "fm") return std::make_unique<FMMethod>(cfg, net);
   throw Error("config key 'method': unknown method '" + cfg.method + "'");
 }
 

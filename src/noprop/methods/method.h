@@ -18,6 +18,8 @@
 namespace noprop {
 
 // Blocks, embedding and head, registered under one root so that one Module::save covers them.
+// The discrete-time methods have T blocks; the continuous-time ones (ct, fm) have no discrete
+// blocks and one time-conditioned network `cblock` instead.
 struct NoPropNetImpl : torch::nn::Module {
   NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes);
   int T() const { return int(blocks->size()); }
@@ -27,10 +29,21 @@ struct NoPropNetImpl : torch::nn::Module {
 
   BlockOptions block_options;
   torch::nn::ModuleList blocks{nullptr};
+  ContinuousBlock cblock{nullptr};
   ClassEmbedding embed{nullptr};
   Head head{nullptr};
 };
 TORCH_MODULE(NoPropNet);
+
+// How predict() runs inference; steps, solver and sampler concern the continuous-time methods.
+struct InferenceOptions {
+  bool noise = true;                   // false: z_0 = 0 and no noise on the way
+  int steps = 1000;                    // discretisation of t ∈ [0, 1]
+  std::string solver = "euler";        // euler | heun: the FM ODE and CT's probability flow
+  std::string sampler = "ancestral";   // CT: ancestral (Eq. 3 on the learned schedule) | flow
+};
+// The options a config asks for (inference_noise, inference_steps, solver, ct_sampler).
+InferenceOptions inference_options(const Config& cfg);
 
 class Method {
  public:
@@ -44,8 +57,9 @@ class Method {
   // One optimisation step on a batch (for pass `pass` of the epoch). Returns detached 0-dim
   // loss tensors in loss_names() order, never synchronising with the host.
   virtual std::vector<torch::Tensor> train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) = 0;
-  // log p̂(y | x) of one inference run, B×m; noise from `gen` (ignored when noise is off).
-  virtual torch::Tensor predict(const torch::Tensor& x, bool noise, at::Generator& gen) = 0;
+  // Class scores (log p̂(y | x)) of one inference run, B×m; noise from `gen` (unused when
+  // noise is off).
+  virtual torch::Tensor predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) = 0;
 
   virtual void set_training(bool on) = 0;
   // Everything needed to continue training: parameters, buffers and optimizer state.

@@ -1,0 +1,82 @@
+#include "noprop/methods/ct.h"
+
+#include <cmath>
+
+#include "noprop/util.h"
+
+namespace noprop {
+
+CTMethod::CTMethod(const Config& cfg, NoPropNet net) : ContinuousMethod(cfg, std::move(net)) {
+  schedule_ = LearnedSchedule(cfg.noise_schedule_min, cfg.noise_schedule_max, cfg.schedule_hidden);
+  schedule_->to(net_->embed->weight.device());
+  auto shared = net_->head->parameters();
+  if (net_->embed->learned) shared.push_back(net_->embed->weight);
+  make_optimizer_for({net_->cblock->parameters(), shared, schedule_->parameters()});
+}
+
+std::vector<torch::Tensor> CTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
+  const auto& W = net_->embed->weight;
+  auto u_y = net_->embed->forward(y);
+  auto t = torch::rand({x.size(0)}, x.options());
+  auto ab = schedule_->alpha_bar(t).unsqueeze(1);
+  auto z_t = ab.sqrt() * u_y + (1 - ab).sqrt() * torch::randn_like(u_y);
+  auto u_hat = torch::softmax(net_->cblock->forward(x, z_t, t), 1).matmul(W);
+  auto denoise = (0.5 * cfg_.eta * schedule_->snr_derivative(t) * (u_hat - u_y).pow(2).sum(1)).mean();
+
+  auto ends = schedule_->alpha_bar(torch::tensor({0.0f, 1.0f}, x.options()));
+  auto z_1 = ends[1].sqrt() * u_y + (1 - ends[1]).sqrt() * torch::randn_like(u_y);
+  auto ce = torch::nll_loss(net_->head->log_prob(z_1, W), y);
+  auto kl = net_->embed->kl(y, ends[0]);
+  auto total = denoise + ce + kl;
+  optimise(total);
+  return {denoise.detach(), ce.detach(), kl.detach(), total.detach()};
+}
+
+torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const InferenceOptions& opt,
+                               at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  const int N = opt.steps;
+  if (N < 1) throw Error("inference steps must be >= 1");
+  // The schedule on the grid, in double: consecutive ᾱ differ by little when N is large.
+  auto grid = torch::linspace(0.0, 1.0, N + 1, torch::TensorOptions().dtype(torch::kFloat64));
+  auto dev = schedule_->gamma0.device();
+  auto ab_t = schedule_->alpha_bar(grid.to(dev)).to(torch::kCPU, torch::kFloat64).contiguous();
+  auto dab_t = (-schedule_->gamma_derivative(grid.to(dev)).to(torch::kCPU, torch::kFloat64) * ab_t * (1 - ab_t))
+                   .contiguous();
+  std::vector<double> ab(ab_t.data_ptr<double>(), ab_t.data_ptr<double>() + N + 1);
+  std::vector<double> dab(dab_t.data_ptr<double>(), dab_t.data_ptr<double>() + N + 1);
+  auto time = [&](int k) { return torch::full({1}, double(k) / N, z.options()); };
+
+  if (opt.sampler == "ancestral") {
+    for (int k = 1; k <= N; ++k) {
+      auto u_hat = denoise(z, time(k - 1));
+      auto c = step_coefficients(ab[k - 1], ab[k]);
+      z = c.a * u_hat + c.b * z;
+      if (opt.noise) z = z + std::sqrt(c.c) * normal_like(z, gen);
+    }
+    return z;
+  }
+  if (opt.sampler != "flow") throw Error("unknown CT sampler '" + opt.sampler + "' (ancestral or flow)");
+  return integrate_ode(z, N, opt.solver, [&](const torch::Tensor& zk, int k) {
+    const double s = std::sqrt(ab[k]), sigma = std::sqrt(1 - ab[k]);
+    const double ds = dab[k] / (2 * s), dsigma = -dab[k] / (2 * sigma);
+    auto u_hat = denoise(zk, time(k));
+    return ds * u_hat + (dsigma / sigma) * (zk - s * u_hat);
+  });
+}
+
+torch::Tensor CTMethod::predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  const auto& W = net_->embed->weight;
+  auto prepared = net_->cblock->prepare(x);
+  auto z0 = torch::zeros({x.size(0), W.size(1)}, x.options());
+  if (opt.noise) z0 = normal_like(z0, gen);
+  auto z1 = sample(
+      [&](const torch::Tensor& z, const torch::Tensor& t) {
+        return torch::softmax(net_->cblock->forward_prepared(prepared, z, t), 1).matmul(W);
+      },
+      z0, opt, gen);
+  return net_->head->log_prob(z1, W);
+}
+
+}  // namespace noprop

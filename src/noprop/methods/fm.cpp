@@ -1,0 +1,55 @@
+#include "noprop/methods/fm.h"
+
+namespace noprop {
+
+FMMethod::FMMethod(const Config& cfg, NoPropNet net) : ContinuousMethod(cfg, std::move(net)) {
+  anchor_ = net_->embed->learned;
+  std::vector<torch::Tensor> shared;
+  if (anchor_) {
+    shared = net_->head->parameters();
+    shared.push_back(net_->embed->weight);
+  }
+  make_optimizer_for({net_->cblock->parameters(), shared});
+}
+
+torch::Tensor FMMethod::flow_loss(const torch::Tensor& v, const torch::Tensor& z0, const torch::Tensor& z1) {
+  return (v - (z1 - z0)).pow(2).sum(1).mean();
+}
+
+torch::Tensor FMMethod::nearest_embedding_scores(const torch::Tensor& z, const torch::Tensor& W) {
+  auto d2 = (z.unsqueeze(1) - W.unsqueeze(0)).pow(2).sum(2);
+  return torch::log_softmax(-d2, 1);
+}
+
+std::vector<torch::Tensor> FMMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
+  const auto& W = net_->embed->weight;
+  auto z1 = net_->embed->forward(y);
+  auto z0 = torch::randn_like(z1);
+  auto t = torch::rand({x.size(0)}, x.options());
+  auto tt = t.unsqueeze(1);
+  auto z_t = tt * z1 + (1 - tt) * z0;
+  if (cfg_.fm_sigma > 0) z_t = z_t + cfg_.fm_sigma * torch::randn_like(z1);
+  auto v = net_->cblock->forward(x, z_t, t).matmul(W);
+  auto flow = flow_loss(v, z0, z1);
+  torch::Tensor anchor = torch::zeros({}, x.options());
+  if (anchor_) anchor = torch::nll_loss(net_->head->log_prob(z_t + (1 - tt) * v, W), y);
+  auto total = flow + anchor;
+  optimise(total);
+  return {flow.detach(), anchor.detach(), total.detach()};
+}
+
+torch::Tensor FMMethod::predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  const auto& W = net_->embed->weight;
+  auto prepared = net_->cblock->prepare(x);
+  auto z = torch::zeros({x.size(0), W.size(1)}, x.options());
+  if (opt.noise) z = normal_like(z, gen);
+  const int N = opt.steps;
+  z = integrate_ode(z, N, opt.solver, [&](const torch::Tensor& zk, int k) {
+    auto t = torch::full({1}, double(k) / N, zk.options());
+    return net_->cblock->forward_prepared(prepared, zk, t).matmul(W);
+  });
+  return nearest_embedding_scores(z, W);
+}
+
+}  // namespace noprop
