@@ -6,16 +6,15 @@
 #include "noprop/methods/ct.h"
 #include "noprop/methods/fm.h"
 #include "noprop/util.h"
+#include "test_util.h"
 
 using namespace noprop;
 
 namespace {
-DataInfo tiny_info() { return DataInfo{"mnist", 1, 8, 8, 4, {0.0}, {1.0}}; }
+using test::tiny_info;
 
 Config tiny_cfg(const std::string& method) {
-  Config c;
-  c.method = method;
-  c.architecture = "seed";
+  Config c = test::tiny_method_config(method);
   c.optimizer = "adam";
   c.eta = 1.0;
   return c;

@@ -4,20 +4,13 @@
 
 #include "noprop/methods/backprop.h"
 #include "noprop/methods/dt.h"
+#include "test_util.h"
 
 using namespace noprop;
 
 namespace {
-DataInfo tiny_info() { return DataInfo{"mnist", 1, 8, 8, 4, {0.0}, {1.0}}; }
-
-Config tiny_cfg(const std::string& method) {
-  Config c;
-  c.method = method;
-  c.num_layers = 3;
-  c.architecture = "seed";
-  c.threads = 1;
-  return c;
-}
+using test::tiny_info;
+Config tiny_cfg(const std::string& method) { return test::tiny_method_config(method); }
 }  // namespace
 
 // L_t = (T/2) η ΔSNR(t) ‖û − u_y‖², batch mean, checked against numbers worked by hand.

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "noprop/config.h"
+#include "noprop/data.h"
 #include "noprop/util.h"
 
 namespace noprop::test {
@@ -101,6 +102,19 @@ inline Config tiny_config(const std::filesystem::path& data_dir) {
   c.threads = 1;
   c.inference_runs = 2;
   c.eval_batch_size = 256;
+  return c;
+}
+
+// An 8×8 one-channel, 4-class data shape for method-level tests on random tensors.
+inline DataInfo tiny_info() { return DataInfo{"mnist", 1, 8, 8, 4, {0.0}, {1.0}}; }
+
+// A small configuration of `method` (seed architecture, T = 3) for method-level tests.
+inline Config tiny_method_config(const std::string& method) {
+  Config c;
+  c.method = method;
+  c.num_layers = 3;
+  c.architecture = "seed";
+  c.threads = 1;
   return c;
 }
 

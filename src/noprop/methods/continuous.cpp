@@ -20,6 +20,12 @@ void ContinuousMethod::optimise(const torch::Tensor& loss) {
   opt_->step();
 }
 
+torch::Tensor ContinuousMethod::initial_latent(const torch::Tensor& x, const InferenceOptions& opt,
+                                               at::Generator& gen) {
+  auto z = torch::zeros({x.size(0), net_->embed->weight.size(1)}, x.options());
+  return opt.noise ? normal_like(z, gen) : z;
+}
+
 void ContinuousMethod::save(torch::serialize::OutputArchive& ar) {
   save_module(ar, "model", *net_);
   save_extra(ar);

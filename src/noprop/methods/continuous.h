@@ -29,6 +29,8 @@ class ContinuousMethod : public Method {
   void make_optimizer_for(std::vector<std::vector<torch::Tensor>> groups);
   // zero_grad, backward, clip each group, step.
   void optimise(const torch::Tensor& loss);
+  // z_0 of an inference run: N(0, I) from `gen`, or 0 without noise.
+  torch::Tensor initial_latent(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen);
   // The method's own modules beyond the net (CT's schedule), saved and loaded with it.
   virtual void save_extra(torch::serialize::OutputArchive&) {}
   virtual void load_extra(torch::serialize::InputArchive&) {}

@@ -69,13 +69,11 @@ torch::Tensor CTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
   torch::NoGradGuard no_grad;
   const auto& W = net_->embed->weight;
   auto prepared = net_->cblock->prepare(x);
-  auto z0 = torch::zeros({x.size(0), W.size(1)}, x.options());
-  if (opt.noise) z0 = normal_like(z0, gen);
   auto z1 = sample(
       [&](const torch::Tensor& z, const torch::Tensor& t) {
         return torch::softmax(net_->cblock->forward_prepared(prepared, z, t), 1).matmul(W);
       },
-      z0, opt, gen);
+      initial_latent(x, opt, gen), opt, gen);
   return net_->head->log_prob(z1, W);
 }
 

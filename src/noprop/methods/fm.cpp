@@ -42,10 +42,8 @@ torch::Tensor FMMethod::predict(const torch::Tensor& x, const InferenceOptions& 
   torch::NoGradGuard no_grad;
   const auto& W = net_->embed->weight;
   auto prepared = net_->cblock->prepare(x);
-  auto z = torch::zeros({x.size(0), W.size(1)}, x.options());
-  if (opt.noise) z = normal_like(z, gen);
   const int N = opt.steps;
-  z = integrate_ode(z, N, opt.solver, [&](const torch::Tensor& zk, int k) {
+  auto z = integrate_ode(initial_latent(x, opt, gen), N, opt.solver, [&](const torch::Tensor& zk, int k) {
     auto t = torch::full({1}, double(k) / N, zk.options());
     return net_->cblock->forward_prepared(prepared, zk, t).matmul(W);
   });
