@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "noprop/checkpoint.h"
@@ -18,10 +19,10 @@ namespace {
 std::vector<torch::Tensor> model_tensors(const fs::path& ckpt, const Config& cfg, const DataSplits& data) {
   auto m = make_method(cfg, data.info, &data.train, torch::kCPU);
   load_checkpoint(ckpt, *m, false);
-  auto net = dynamic_cast<DTMethod&>(*m).net();
   std::vector<torch::Tensor> all;
-  for (const auto& p : net->parameters()) all.push_back(p.detach().clone());
-  for (const auto& b : net->buffers()) all.push_back(b.clone());
+  for (const auto& p : m->parameters()) all.push_back(p.detach().clone());
+  if (auto* dt = dynamic_cast<DTMethod*>(m.get()))
+    for (const auto& b : dt->net()->buffers()) all.push_back(b.clone());  // batch-norm statistics
   return all;
 }
 
@@ -41,17 +42,23 @@ std::vector<std::string> csv_rows_without_timing(const fs::path& p) {
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir = temp_dir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    auto name = std::string(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::replace(name.begin(), name.end(), '/', '-');
+    dir = temp_dir(name);
     write_synthetic_mnist(dir / "data", 192, 64);
   }
   void TearDown() override { fs::remove_all(dir); }
   fs::path dir;
 };
 
+class ResumeTest : public CheckpointTest, public ::testing::WithParamInterface<std::string> {};
+
 // Two epochs straight, against one epoch then --resume for the second: the same weights,
-// optimizer states and metrics, bit for bit.
-TEST_F(CheckpointTest, ResumeIsBitIdentical) {
+// optimizer states and metrics, bit for bit (CT: the learned schedule too).
+TEST_P(ResumeTest, ResumeIsBitIdentical) {
   Config cfg = tiny_config(dir / "data");
+  apply_override(cfg, "method=" + GetParam());
+  cfg.inference_steps = 5;
   cfg.epochs = 2;
   RunOptions a{cfg, "tiny", dir / "a", false, true};
   auto sa = train(a);
@@ -78,6 +85,8 @@ TEST_F(CheckpointTest, ResumeIsBitIdentical) {
   EXPECT_EQ(ra.size(), 3u);
   EXPECT_EQ(ra, rb);
 }
+
+INSTANTIATE_TEST_SUITE_P(Methods, ResumeTest, ::testing::Values("dt", "ct", "fm"));
 
 TEST_F(CheckpointTest, RefusesBadCheckpoints) {
   Config cfg = tiny_config(dir / "data");
