@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 
 #include "test_paths.h"
 #include "test_util.h"
@@ -141,6 +142,36 @@ TEST_F(CliTest, EvalStepsAndSolversForContinuousMethods) {
   EXPECT_NE(r.code, 0);
   r = run("eval" + ckpt + " --solver rk4");
   EXPECT_NE(r.code, 0);
+}
+
+// A NaN batch (injected at step 3): on_nonfinite=stop names block, epoch and batch and exits 1;
+// skip counts the skipped block updates in metrics.csv and finishes.
+TEST_F(CliTest, NonFiniteLossStopsOrSkips) {
+  write_synthetic_mnist(dir / "data", 256, 64);
+  const std::string base = "train mnist-dt-quick --set num_layers=2 --set train_samples=256 --set epochs=1 --threads 1 "
+                           "--set inference_runs=1 --batch-size 64 --data-dir " + (dir / "data").string();
+  ::setenv("NOPROP_INJECT_NAN_AT_STEP", "3", 1);
+  auto r = run(base + " --set on_nonfinite=stop --out " + (dir / "stop").string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("non-finite loss or gradient in block 1, block 2 at epoch 1, batch 3"), std::string::npos) << r.out;
+  r = run(base + " --set on_nonfinite=skip --out " + (dir / "skip").string());
+  ::unsetenv("NOPROP_INJECT_NAN_AT_STEP");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("update skipped"), std::string::npos) << r.out;
+  std::ifstream in(dir / "skip" / "metrics.csv");
+  std::string header, row;
+  std::getline(in, header);
+  std::getline(in, row);
+  auto column = [](const std::string& line, int k) {
+    std::stringstream ss(line);
+    std::string cell;
+    for (int i = 0; i <= k; ++i) std::getline(ss, cell, ',');
+    return cell;
+  };
+  // epoch, loss_block_1, loss_block_2, loss_ce, loss_kl, loss_total, nonfinite_skipped, ...
+  EXPECT_EQ(column(header, 6), "nonfinite_skipped");
+  EXPECT_EQ(column(row, 6), "2");
+  EXPECT_NE(column(row, 1), "nan");
 }
 
 TEST_F(CliTest, ConfigsListed) {

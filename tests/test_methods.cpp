@@ -137,3 +137,34 @@ TEST(Methods, ClipGradNorm) {
   clip_grad_norm({a, b}, 10.0);  // under the limit: unchanged
   EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-5);
 }
+
+// A NaN batch: every method refuses the update, names the parts it skipped, leaves weights and
+// optimizer state as they were, and reports no loss for them; the next finite step trains.
+TEST(Methods, NonFiniteStepIsSkipped) {
+  auto x = torch::randn({6, 1, 8, 8});
+  auto y = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64);
+  auto bad = torch::full_like(x, NAN);
+  for (std::string method : {"dt", "backprop", "ct", "fm"}) {
+    Config c = tiny_cfg(method);
+    torch::manual_seed(21);
+    auto m = make_method(c, tiny_info(), nullptr, torch::kCPU);
+    m->train_step(x, y, 0);  // optimizer state exists from here on
+    std::vector<torch::Tensor> before;
+    for (const auto& p : m->parameters()) before.push_back(p.detach().clone());
+    auto losses = m->train_step(bad, y, 0);
+    for (const auto& l : losses) EXPECT_FALSE(l.defined()) << method;
+    auto parts = m->take_nonfinite();
+    if (method == "dt")
+      EXPECT_EQ(parts, (std::vector<std::string>{"block 1", "block 2", "block 3"}));
+    else
+      EXPECT_EQ(parts.size(), 1u) << method;
+    EXPECT_TRUE(m->take_nonfinite().empty());
+    auto params = m->parameters();
+    for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(before[i], params[i])) << method << " " << i;
+    // Had the optimizer stepped on zero gradients, Adam's momentum would still move the weights:
+    // one more finite step must move them (the state survived).
+    losses = m->train_step(x, y, 0);
+    EXPECT_TRUE(losses.back().defined()) << method;
+    EXPECT_TRUE(m->take_nonfinite().empty());
+  }
+}

@@ -127,6 +127,8 @@ const std::vector<Key>& keys() {
       number("weight_decay", &Config::weight_decay, 0, 10, "weight decay"),
       number("grad_clip_max_norm", &Config::grad_clip_max_norm, 0, kBig,
              "gradient norm clip per block (0: off)"),
+      text("on_nonfinite", &Config::on_nonfinite, {"skip", "stop"},
+           "NaN/Inf loss or gradient: skip that block's update (counted) or stop the run"),
       number("seed", &Config::seed, 0, 9.2e18, "random seed"),
       flag("early_stopping", &Config::early_stopping, "stop when test accuracy reaches the target"),
       number("early_stopping_accuracy", &Config::early_stopping_accuracy, 0, 100,

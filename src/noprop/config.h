@@ -44,6 +44,7 @@ struct Config {
   double learning_rate = 1e-3;
   double weight_decay = 1e-3;
   double grad_clip_max_norm = 1.0;  // per block; 0 disables
+  std::string on_nonfinite = "skip";  // NaN/Inf loss or gradient: skip that update | stop the run
   long long seed = 42;
   bool early_stopping = false;          // stop once test accuracy reaches the target
   double early_stopping_accuracy = 99.5;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
@@ -179,7 +180,8 @@ nlohmann::json train(const RunOptions& opt) {
   const InferenceOptions inference = inference_options(cfg);
   std::vector<std::string> columns{"epoch"};
   columns.insert(columns.end(), loss_names.begin(), loss_names.end());
-  columns.insert(columns.end(), {"test_accuracy", "train_accuracy", "seconds", "eval_seconds", "samples_per_second"});
+  columns.insert(columns.end(),
+                 {"nonfinite_skipped", "test_accuracy", "train_accuracy", "seconds", "eval_seconds", "samples_per_second"});
   CsvLog metrics(dir / "metrics.csv", columns);
   std::vector<std::string> batch_columns{"epoch", "pass", "batch"};
   batch_columns.insert(batch_columns.end(), loss_names.begin(), loss_names.end());
@@ -194,6 +196,10 @@ nlohmann::json train(const RunOptions& opt) {
                 std::to_string(method->parameter_count()) + " parameters, " + std::to_string(threads) +
                 " threads, device " + device.str() + (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) : ""));
 
+  // Fault injection for tests of on_nonfinite: NOPROP_INJECT_NAN_AT_STEP=N makes the images of
+  // global step N NaN.
+  const char* inject_env = std::getenv("NOPROP_INJECT_NAN_AT_STEP");
+  const int64_t inject_step = inject_env ? std::atoll(inject_env) : -1;
   const int64_t n = data.train.size(), B = cfg.batch_size;
   const int64_t batches_per_pass = (n + B - 1) / B;
   const int passes = method->passes_per_epoch();
@@ -208,7 +214,7 @@ nlohmann::json train(const RunOptions& opt) {
     const auto t0 = Clock::now();
     std::vector<torch::Tensor> sums(loss_names.size());
     std::vector<int64_t> counts(loss_names.size(), 0);
-    int64_t samples = 0, done = 0;
+    int64_t samples = 0, done = 0, skipped = 0;
     const int64_t total = batches_per_pass * passes;
     for (int pass = 0; pass < passes; ++pass) {
       auto perm = torch::randperm(n, torch::kInt64).to(data.train.images.device());
@@ -219,8 +225,18 @@ nlohmann::json train(const RunOptions& opt) {
         auto x = data.train.images.index_select(0, idx);
         auto y = data.train.labels.index_select(0, idx);
         if (cfg.augment) augment_batch(x, 4);
+        if (state.step + 1 == inject_step) x = torch::full_like(x, NAN);
         auto losses = method->train_step(x.to(device), y.to(device), pass);
         ++state.step;
+        if (auto bad = method->take_nonfinite(); !bad.empty()) {
+          const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " +
+                                    std::to_string(b + 1) + (passes > 1 ? " of pass " + std::to_string(pass + 1) : "");
+          if (cfg.on_nonfinite == "stop")
+            throw Error("non-finite loss or gradient in " + where +
+                        "; stopped before it reached the weights (on_nonfinite: stop). The last epoch's final.pt is intact");
+          if (skipped < 3) progress.line("warning: non-finite loss or gradient in " + where + ": update skipped");
+          skipped += int64_t(bad.size());
+        }
         samples += idx.size(0);
         for (std::size_t i = 0; i < losses.size(); ++i) {
           if (!losses[i].defined()) continue;
@@ -235,7 +251,7 @@ nlohmann::json train(const RunOptions& opt) {
         const double el = seconds_since(t0);
         std::string extra;
         // Reading the loss synchronises; do it only when a line is printed anyway.
-        if (done % cfg.log_interval == 0 || done == total)
+        if ((done % cfg.log_interval == 0 || done == total) && counts.back() > 0)
           extra = "  loss " + csv_number(sums.back().item<double>() / double(counts.back()));
         progress.update("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), done, total,
                         double(samples) / el, el / double(done) * double(total - done), extra);
@@ -256,7 +272,7 @@ nlohmann::json train(const RunOptions& opt) {
     std::vector<double> row{double(epoch)};
     for (std::size_t i = 0; i < sums.size(); ++i)
       row.push_back(counts[i] ? sums[i].item<double>() / double(counts[i]) : NAN);
-    row.insert(row.end(), {last_eval_acc, train_acc, train_s, eval_s, double(samples) / train_s});
+    row.insert(row.end(), {double(skipped), last_eval_acc, train_acc, train_s, eval_s, double(samples) / train_s});
     metrics.add(row);
     metrics.flush();
     if (cfg.detailed_logging) batches.flush();
@@ -269,7 +285,7 @@ nlohmann::json train(const RunOptions& opt) {
 
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
-        << row[loss_names.size()] << "  test accuracy " << last_eval_acc << "%"
+        << row[loss_names.size()] << (skipped ? "  skipped updates " + std::to_string(skipped) : "") << "  test accuracy " << last_eval_acc << "%"
         << (cfg.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
         << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(samples) / train_s
         << " samples/s";

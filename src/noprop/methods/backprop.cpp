@@ -31,7 +31,7 @@ std::vector<torch::Tensor> BackpropMethod::train_step(const torch::Tensor& x, co
   auto loss = torch::nll_loss(model_->forward(x, z0), y);
   opt_->zero_grad();
   loss.backward();
-  clip_grad_norm(params_, cfg_.grad_clip_max_norm);
+  if (!clip_and_check({params_}, cfg_.grad_clip_max_norm, loss, "model")) return {torch::Tensor(), torch::Tensor()};
   opt_->step();
   auto l = loss.detach();
   return {l, l};

@@ -13,11 +13,12 @@ void ContinuousMethod::make_optimizer_for(std::vector<std::vector<torch::Tensor>
   opt_ = make_optimizer(cfg_, params_);
 }
 
-void ContinuousMethod::optimise(const torch::Tensor& loss) {
+bool ContinuousMethod::optimise(const torch::Tensor& loss) {
   opt_->zero_grad();
   loss.backward();
-  for (const auto& g : groups_) clip_grad_norm(g, cfg_.grad_clip_max_norm);
+  if (!clip_and_check(groups_, cfg_.grad_clip_max_norm, loss, "network")) return false;
   opt_->step();
+  return true;
 }
 
 torch::Tensor ContinuousMethod::initial_latent(const torch::Tensor& x, const InferenceOptions& opt,

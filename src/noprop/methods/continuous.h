@@ -27,8 +27,9 @@ class ContinuousMethod : public Method {
   // group's gradient is clipped on its own (as DT clips each block and the shared head apart):
   // one joint clip would let the large denoising gradient drown the head's.
   void make_optimizer_for(std::vector<std::vector<torch::Tensor>> groups);
-  // zero_grad, backward, clip each group, step.
-  void optimise(const torch::Tensor& loss);
+  // zero_grad, backward, clip each group, step; false (nothing stepped) when the loss or a
+  // gradient is not finite.
+  bool optimise(const torch::Tensor& loss);
   // z_0 of an inference run: N(0, I) from `gen`, or 0 without noise.
   torch::Tensor initial_latent(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen);
   // The method's own modules beyond the net (CT's schedule), saved and loaded with it.

@@ -28,7 +28,7 @@ std::vector<torch::Tensor> CTMethod::train_step(const torch::Tensor& x, const to
   auto ce = torch::nll_loss(net_->head->log_prob(z_1, W), y);
   auto kl = net_->embed->kl(y, ends[0]);
   auto total = denoise + ce + kl;
-  optimise(total);
+  if (!optimise(total)) return std::vector<torch::Tensor>(4);
   return {denoise.detach(), ce.detach(), kl.detach(), total.detach()};
 }
 

@@ -38,6 +38,7 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   std::vector<torch::Tensor> out(T + 3);
   auto zero = torch::zeros({}, x.options());
   torch::Tensor ce_sum = zero, kl_sum = zero;
+  int steps = 0;  // blocks actually updated (a non-finite step is skipped)
   for (int t = first; t <= last; ++t) {
     auto u_y = net_->embed->forward(y);
     const double ab_prev = schedule_.alpha_bar(t - 1), ab_T = schedule_.alpha_bar(T);
@@ -53,20 +54,23 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
     block_opts_[t - 1]->zero_grad();
     shared_opt_->zero_grad();
     total.backward();
-    clip_grad_norm(block_params_[t - 1], cfg_.grad_clip_max_norm);
-    clip_grad_norm(shared_params_, cfg_.grad_clip_max_norm);
+    if (!clip_and_check({block_params_[t - 1], shared_params_}, cfg_.grad_clip_max_norm, total,
+                        "block " + std::to_string(t)))
+      continue;
     block_opts_[t - 1]->step();
     shared_opt_->step();
 
     out[t - 1] = loss_t.detach();
     ce_sum = ce_sum + ce.detach();
     kl_sum = kl_sum + kl.detach();
+    ++steps;
   }
-  const double steps = last - first + 1;
+  if (steps == 0) return out;
   out[T] = ce_sum / steps;
   out[T + 1] = kl_sum / steps;
   auto total = out[T] + out[T + 1];
-  for (int t = first; t <= last; ++t) total = total + out[t - 1];
+  for (int t = first; t <= last; ++t)
+    if (out[t - 1].defined()) total = total + out[t - 1];
   out[T + 2] = total;
   return out;
 }

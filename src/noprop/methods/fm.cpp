@@ -34,7 +34,7 @@ std::vector<torch::Tensor> FMMethod::train_step(const torch::Tensor& x, const to
   torch::Tensor anchor = torch::zeros({}, x.options());
   if (anchor_) anchor = torch::nll_loss(net_->head->log_prob(z_t + (1 - tt) * v, W), y);
   auto total = flow + anchor;
-  optimise(total);
+  if (!optimise(total)) return std::vector<torch::Tensor>(3);
   return {flow.detach(), anchor.detach(), total.detach()};
 }
 

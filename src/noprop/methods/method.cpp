@@ -61,16 +61,29 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::
       params, torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
 }
 
-void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
-  if (max_norm <= 0) return;
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
   std::vector<torch::Tensor> norms;
   for (const auto& p : params)
     if (p.grad().defined()) norms.push_back(p.grad().norm());
-  if (norms.empty()) return;
+  if (norms.empty()) return params.empty() ? torch::zeros({}) : torch::zeros({}, params[0].options());
   auto total = torch::stack(norms).norm();
+  if (max_norm <= 0) return total;
   auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
   for (const auto& p : params)
     if (p.grad().defined()) p.grad().mul_(coef);
+  return total;
+}
+
+bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
+                            const torch::Tensor& loss, const std::string& part) {
+  std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat)};
+  for (const auto& g : groups) checks.push_back(clip_grad_norm(g, max_norm).reshape({1}).to(loss.device(), torch::kFloat));
+  if (torch::isfinite(torch::cat(checks)).all().item<bool>()) return true;
+  for (const auto& g : groups)
+    for (const auto& p : g)
+      if (p.grad().defined()) p.mutable_grad().zero_();
+  nonfinite_.push_back(part);
+  return false;
 }
 
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen) {

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "noprop/block.h"
@@ -68,6 +69,21 @@ class Method {
   // Every trained parameter (blocks, head, embeddings, method-specific ones).
   virtual std::vector<torch::Tensor> parameters() = 0;
   int64_t parameter_count();
+
+  // The parts ("block 3", "network", ...) whose update the last train_step skipped because the
+  // loss or a gradient was NaN or infinite; clears the list. A skipped part's loss is left
+  // undefined in train_step's result and its weights and optimizer state are untouched.
+  std::vector<std::string> take_nonfinite() { return std::exchange(nonfinite_, {}); }
+
+ protected:
+  // After backward(): clips each group's gradients (grad_clip_max_norm) and checks the loss
+  // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
+  // gradients, records `part` and returns false: the caller must not step.
+  bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
+                      const torch::Tensor& loss, const std::string& part);
+
+ private:
+  std::vector<std::string> nonfinite_;
 };
 
 // Builds the configured method on `device`; `train` supplies prototype images when needed.
@@ -76,8 +92,9 @@ std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, con
 
 // Helpers shared by the methods.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params);
-// Scales gradients to a total norm ≤ max_norm without a host synchronisation.
-void clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// Scales gradients to a total norm ≤ max_norm (none when max_norm ≤ 0) without a host
+// synchronisation; returns the norm before scaling (a 0-dim tensor, 0 without gradients).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 // Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
 void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module);
