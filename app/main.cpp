@@ -192,6 +192,9 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "noprop: interrupted by %s\n", e.what());
+    return 128 + e.signal;
   } catch (const Error& e) {
     std::fprintf(stderr, "noprop: error: %s\n", e.what());
     return 1;

@@ -174,6 +174,26 @@ TEST_F(CliTest, NonFiniteLossStopsOrSkips) {
   EXPECT_NE(column(row, 1), "nan");
 }
 
+// SIGINT during training (raised after step 3 through the real handler): exit 130, one line
+// saying where it stopped and how to continue; --resume then finishes the run.
+TEST_F(CliTest, InterruptedRunExitsAndResumes) {
+  write_synthetic_mnist(dir / "data", 256, 64);
+  const std::string out = (dir / "run").string();
+  ::setenv("NOPROP_INTERRUPT_AT_STEP", "3", 1);
+  auto r = run("train mnist-dt-quick --set num_layers=2 --set train_samples=256 --epochs 2 --batch-size 64 --threads 1 "
+               "--set inference_runs=1 --data-dir " + (dir / "data").string() + " --out " + out);
+  ::unsetenv("NOPROP_INTERRUPT_AT_STEP");
+  EXPECT_EQ(r.code, 130) << r.out;
+  EXPECT_NE(r.out.find("noprop: interrupted by SIGINT at epoch 1, batch 3/4: saved " + out + "/final.pt; continue with: "
+                       "noprop train --resume " + out),
+            std::string::npos)
+      << r.out;
+  r = run("train --resume " + out + " --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("resuming after epoch 0 and 3 batches of epoch 1"), std::string::npos) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"))["steps"], 8);
+}
+
 TEST_F(CliTest, ConfigsListed) {
   auto r = run("configs");
   EXPECT_EQ(r.code, 0);

@@ -41,6 +41,17 @@ TrainingState read_state(torch::serialize::InputArchive& ar, const std::filesyst
   s.best_epoch = read_value(ar, path, "best_epoch").toInt();
   s.config_yaml = read_value(ar, path, "config").toStringRef();
   s.config_name = read_value(ar, path, "config_name").toStringRef();
+  c10::IValue v;
+  if (ar.try_read("in_epoch_batches", v)) {
+    s.in_epoch_batches = v.toInt();
+    s.pass = read_value(ar, path, "in_epoch_pass").toInt();
+    s.samples = read_value(ar, path, "samples").toInt();
+    s.skipped = read_value(ar, path, "skipped").toInt();
+    s.train_seconds = read_value(ar, path, "train_seconds").toDouble();
+    for (auto [key, t] : {std::pair{"permutation", &s.permutation}, {"loss_sums", &s.loss_sums},
+                          {"loss_counts", &s.loss_counts}})
+      if (!ar.try_read(key, *t)) throw Error(path.string() + ": checkpoint lacks '" + key + "'");
+  }
   return s;
 }
 
@@ -56,6 +67,16 @@ void save_checkpoint(const std::filesystem::path& path, Method& method, const Tr
   ar.write("best_epoch", c10::IValue(s.best_epoch));
   ar.write("config", c10::IValue(s.config_yaml));
   ar.write("config_name", c10::IValue(s.config_name));
+  if (s.in_epoch_batches >= 0) {
+    ar.write("in_epoch_batches", c10::IValue(s.in_epoch_batches));
+    ar.write("in_epoch_pass", c10::IValue(s.pass));
+    ar.write("samples", c10::IValue(s.samples));
+    ar.write("skipped", c10::IValue(s.skipped));
+    ar.write("train_seconds", c10::IValue(s.train_seconds));
+    ar.write("permutation", s.permutation.cpu());
+    ar.write("loss_sums", s.loss_sums.cpu());
+    ar.write("loss_counts", s.loss_counts.cpu());
+  }
   ar.write("rng_cpu", torch::globalContext().defaultGenerator(torch::kCPU).get_state());
   if (torch::cuda::is_available())
     ar.write("rng_cuda", torch::globalContext().defaultGenerator(torch::Device(torch::kCUDA, 0)).get_state());

@@ -20,6 +20,17 @@ struct TrainingState {
   int64_t best_epoch = 0;
   std::string config_yaml;
   std::string config_name;
+
+  // Where an interrupted epoch stopped (in_epoch_batches < 0: at an epoch boundary): batches
+  // done in epoch `epoch + 1`, the pass and its batch order, and the running loss sums, so that
+  // a resumed run continues bit-identically.
+  int64_t in_epoch_batches = -1;
+  int64_t pass = 0;
+  torch::Tensor permutation;
+  torch::Tensor loss_sums;    // float, NaN where a loss has no value yet
+  torch::Tensor loss_counts;  // int64
+  int64_t samples = 0, skipped = 0;
+  double train_seconds = 0;
 };
 
 void save_checkpoint(const std::filesystem::path& path, Method& method, const TrainingState& state);

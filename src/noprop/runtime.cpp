@@ -48,6 +48,33 @@ torch::Device select_device(const std::string& name) {
   throw Error("device '" + name + "': expected cpu, cuda or cuda:N");
 }
 
+namespace {
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+  std::signal(sig, SIG_DFL);  // a second signal ends the process
+}
+}  // namespace
+
+StopSignals::StopSignals() : old_(new struct sigaction[2]) {
+  g_stop_signal = 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_[0]);
+  sigaction(SIGTERM, &sa, &old_[1]);
+}
+
+StopSignals::~StopSignals() {
+  sigaction(SIGINT, &old_[0], nullptr);
+  sigaction(SIGTERM, &old_[1], nullptr);
+  delete[] old_;
+  g_stop_signal = 0;
+}
+
+int StopSignals::pending() { return g_stop_signal; }
+
 std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

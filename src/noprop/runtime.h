@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include <csignal>
 #include <string>
 
 namespace noprop {
@@ -23,5 +24,21 @@ int configure_threads(int requested);
 torch::Device select_device(const std::string& name);
 
 std::string torch_version();
+
+// While alive, SIGINT and SIGTERM only set a flag that the training loop polls between steps
+// (it then saves a resumable checkpoint); a second signal ends the process at once. The
+// previous handlers come back on destruction.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  // The signal received (SIGINT or SIGTERM), or 0.
+  static int pending();
+
+ private:
+  struct sigaction* old_ = nullptr;
+};
 
 }  // namespace noprop

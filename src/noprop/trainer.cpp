@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
@@ -188,18 +189,26 @@ nlohmann::json train(const RunOptions& opt) {
   CsvLog batches(dir / "batches.csv", batch_columns);
   if (opt.resume) {
     metrics.load_existing(state.epoch);
-    if (cfg.detailed_logging) batches.load_existing(state.epoch);
+    // An interrupted epoch flushed its per-batch rows up to the interruption.
+    if (cfg.detailed_logging) batches.load_existing(state.epoch + (state.in_epoch_batches >= 0 ? 1 : 0));
   }
 
   Progress progress(opt.quiet, cfg.log_interval);
   progress.line("run " + dir.string() + ": " + cfg.method + " on " + cfg.dataset + ", " +
                 std::to_string(method->parameter_count()) + " parameters, " + std::to_string(threads) +
-                " threads, device " + device.str() + (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) : ""));
+                " threads, device " + device.str() + (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) +
+                                 (state.in_epoch_batches >= 0 ? " and " + std::to_string(state.in_epoch_batches) +
+                                                                    " batches of epoch " + std::to_string(state.epoch + 1)
+                                                              : "")
+                             : ""));
 
   // Fault injection for tests of on_nonfinite: NOPROP_INJECT_NAN_AT_STEP=N makes the images of
   // global step N NaN.
   const char* inject_env = std::getenv("NOPROP_INJECT_NAN_AT_STEP");
   const int64_t inject_step = inject_env ? std::atoll(inject_env) : -1;
+  // And NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after global step N (tests of interruption).
+  const char* interrupt_env = std::getenv("NOPROP_INTERRUPT_AT_STEP");
+  const int64_t interrupt_step = interrupt_env ? std::atoll(interrupt_env) : -1;
   const int64_t n = data.train.size(), B = cfg.batch_size;
   const int64_t batches_per_pass = (n + B - 1) / B;
   const int passes = method->passes_per_epoch();
@@ -209,16 +218,45 @@ nlohmann::json train(const RunOptions& opt) {
   EvalResult last_eval;
   double last_eval_acc = -1;
 
+  StopSignals stop_signals;
   for (int64_t epoch = state.epoch + 1; epoch <= cfg.epochs; ++epoch) {
     method->set_training(true);
     const auto t0 = Clock::now();
     std::vector<torch::Tensor> sums(loss_names.size());
     std::vector<int64_t> counts(loss_names.size(), 0);
     int64_t samples = 0, done = 0, skipped = 0;
+    double seconds_before = 0;  // training time of this epoch before an interruption
+    // Resuming inside this epoch: its batch order, position and running sums come back.
+    const bool mid = state.in_epoch_batches >= 0;
+    if (mid) {
+      done = state.in_epoch_batches, samples = state.samples, skipped = state.skipped;
+      seconds_before = state.train_seconds;
+      for (std::size_t i = 0; i < sums.size(); ++i) {
+        counts[i] = state.loss_counts[int64_t(i)].item<int64_t>();
+        if (counts[i]) sums[i] = state.loss_sums[int64_t(i)].to(device);
+      }
+    }
     const int64_t total = batches_per_pass * passes;
-    for (int pass = 0; pass < passes; ++pass) {
-      auto perm = torch::randperm(n, torch::kInt64).to(data.train.images.device());
-      for (int64_t b = 0; b < batches_per_pass; ++b) {
+    for (int pass = mid ? int(state.pass) : 0; pass < passes; ++pass) {
+      const bool resumed_pass = mid && pass == state.pass;
+      auto perm = resumed_pass ? state.permutation : torch::randperm(n, torch::kInt64);
+      perm = perm.to(data.train.images.device());
+      for (int64_t b = resumed_pass ? done - pass * batches_per_pass : 0; b < batches_per_pass; ++b) {
+        if (int sig = StopSignals::pending()) {
+          // Save where this epoch stands and stop; --resume continues from this batch.
+          state.in_epoch_batches = done, state.pass = pass, state.permutation = perm;
+          state.samples = samples, state.skipped = skipped, state.train_seconds = seconds_before + seconds_since(t0);
+          state.loss_sums = torch::full({int64_t(sums.size())}, NAN);
+          state.loss_counts = torch::tensor(counts, torch::kInt64);
+          for (std::size_t i = 0; i < sums.size(); ++i)
+            if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
+          save_checkpoint(dir / "final.pt", *method, state);
+          if (cfg.detailed_logging) batches.flush();
+          throw Interrupted(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " at epoch " + std::to_string(epoch) +
+                                ", batch " + std::to_string(done) + "/" + std::to_string(total) + ": saved " +
+                                (dir / "final.pt").string() + "; continue with: noprop train --resume " + dir.string(),
+                            sig);
+        }
         auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
         ++done;
         if (idx.size(0) < 2) continue;  // batch norm needs two samples
@@ -228,6 +266,7 @@ nlohmann::json train(const RunOptions& opt) {
         if (state.step + 1 == inject_step) x = torch::full_like(x, NAN);
         auto losses = method->train_step(x.to(device), y.to(device), pass);
         ++state.step;
+        if (state.step == interrupt_step) std::raise(SIGINT);
         if (auto bad = method->take_nonfinite(); !bad.empty()) {
           const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " +
                                     std::to_string(b + 1) + (passes > 1 ? " of pass " + std::to_string(pass + 1) : "");
@@ -257,7 +296,8 @@ nlohmann::json train(const RunOptions& opt) {
                         double(samples) / el, el / double(done) * double(total - done), extra);
       }
     }
-    const double train_s = seconds_since(t0);
+    const double train_s = seconds_before + seconds_since(t0);
+    state.in_epoch_batches = -1;
     train_seconds_total += train_s;
     ++epochs_run;
 
@@ -291,6 +331,13 @@ nlohmann::json train(const RunOptions& opt) {
         << " samples/s";
     progress.line(msg.str());
 
+    if (int sig = StopSignals::pending(); sig && epoch < cfg.epochs) {
+      if (!cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
+      throw Interrupted(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " at the end of epoch " +
+                            std::to_string(epoch) + ": saved " + (dir / "final.pt").string() +
+                            "; continue with: noprop train --resume " + dir.string(),
+                        sig);
+    }
     if (cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy) {
       stop_reason = "early_stopping";
       progress.line("early stopping: test accuracy " + csv_number(last_eval_acc) + "% reached the target " +

@@ -15,6 +15,13 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Training stopped by SIGINT or SIGTERM after writing a resumable checkpoint; the program
+// exits with 128 + signal.
+struct Interrupted : Error {
+  Interrupted(const std::string& what, int sig) : Error(what), signal(sig) {}
+  int signal;
+};
+
 // Writes `contents` to `path` through a temporary file in the same directory, flushed and
 // renamed into place, so readers never see a half-written file.
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
