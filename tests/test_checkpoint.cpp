@@ -150,6 +150,29 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
   std::string bytes = read_text_file(dir / "r" / "final.pt");
   write_file_atomic(dir / "cut.pt", bytes.substr(0, bytes.size() / 2));
   expect_error([&] { read_checkpoint_state(dir / "cut.pt"); }, "cut.pt: not a readable checkpoint");
+  // One flipped byte in the middle: the checksum catches it before anything is loaded.
+  std::string flipped = bytes;
+  flipped[flipped.size() / 2] ^= 0x40;
+  write_file_atomic(dir / "flip.pt", flipped);
+  expect_error([&] { read_checkpoint_state(dir / "flip.pt"); }, "flip.pt: checkpoint checksum mismatch");
+  // The trailer cut off: a format-2 archive without its checksum.
+  write_file_atomic(dir / "notrailer.pt", bytes.substr(0, bytes.size() - 20));
+  expect_error([&] { read_checkpoint_state(dir / "notrailer.pt"); }, "lacks its checksum trailer");
+  // Other format versions: 99 is refused, 1 (before checksums) is still read.
+  auto write_version = [&](int64_t version, const fs::path& p) {
+    torch::serialize::OutputArchive ar;
+    ar.write("format", c10::IValue(std::string("noprop-checkpoint")));
+    ar.write("format_version", c10::IValue(version));
+    for (auto key : {"epoch", "step", "best_epoch"}) ar.write(key, c10::IValue(int64_t(3)));
+    ar.write("best_test_accuracy", c10::IValue(50.0));
+    ar.write("config", c10::IValue(std::string("method: dt\n")));
+    ar.write("config_name", c10::IValue(std::string("old")));
+    ar.save_to(p.string());
+  };
+  write_version(99, dir / "v99.pt");
+  expect_error([&] { read_checkpoint_state(dir / "v99.pt"); }, "v99.pt: checkpoint format version 99, this program reads 1 to 2");
+  write_version(1, dir / "v1.pt");
+  EXPECT_EQ(read_checkpoint_state(dir / "v1.pt").epoch, 3);
   // Not a checkpoint at all.
   write_file_atomic(dir / "junk.pt", "hello");
   expect_error([&] { read_checkpoint_state(dir / "junk.pt"); }, "junk.pt: not a readable checkpoint");

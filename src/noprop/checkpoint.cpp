@@ -1,5 +1,8 @@
 #include "noprop/checkpoint.h"
 
+#include <zlib.h>
+
+#include <cstring>
 #include <sstream>
 
 #include "noprop/util.h"
@@ -8,17 +11,56 @@ namespace noprop {
 namespace {
 
 const char* kFormat = "noprop-checkpoint";
+constexpr char kTrailerMagic[8] = {'N', 'P', 'C', 'K', 'S', 'U', 'M', '1'};
+constexpr std::size_t kTrailerSize = 8 + 8 + 4;  // magic, archive length, CRC-32 (little endian)
 
-torch::serialize::InputArchive open_archive(const std::filesystem::path& path) {
+uint32_t crc32_of(const std::string& bytes, std::size_t n) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (std::size_t i = 0; i < n;) {
+    const uInt chunk = uInt(std::min<std::size_t>(n - i, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + i), chunk);
+    i += chunk;
+  }
+  return uint32_t(crc);
+}
+
+void append_le(std::string& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+}
+
+uint64_t read_le(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= uint64_t(uint8_t(p[i])) << (8 * i);
+  return v;
+}
+
+struct OpenedArchive {
+  torch::serialize::InputArchive archive;
+  bool checksummed = false;
+};
+
+OpenedArchive open_archive(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw Error(path.string() + ": no such checkpoint file");
-  torch::serialize::InputArchive ar;
+  std::string bytes = read_text_file(path);
+  OpenedArchive out;
+  std::size_t body = bytes.size();
+  if (bytes.size() >= kTrailerSize &&
+      std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, sizeof kTrailerMagic) == 0) {
+    const char* t = bytes.data() + bytes.size() - kTrailerSize;
+    body = bytes.size() - kTrailerSize;
+    if (read_le(t + 8, 8) != body)
+      throw Error(path.string() + ": checkpoint length does not match its trailer (truncated or corrupt)");
+    if (uint32_t(read_le(t + 16, 4)) != crc32_of(bytes, body))
+      throw Error(path.string() + ": checkpoint checksum mismatch (the file is corrupt)");
+    out.checksummed = true;
+  }
   try {
-    ar.load_from(path.string());
+    out.archive.load_from(bytes.data(), body);
   } catch (const c10::Error&) {
     throw Error(path.string() + ": not a readable checkpoint (truncated or corrupt)");
   }
-  return ar;
+  return out;
 }
 
 c10::IValue read_value(torch::serialize::InputArchive& ar, const std::filesystem::path& path, const char* key) {
@@ -27,13 +69,16 @@ c10::IValue read_value(torch::serialize::InputArchive& ar, const std::filesystem
   return v;
 }
 
-TrainingState read_state(torch::serialize::InputArchive& ar, const std::filesystem::path& path) {
+TrainingState read_state(OpenedArchive& opened, const std::filesystem::path& path) {
+  auto& ar = opened.archive;
   auto format = read_value(ar, path, "format");
   if (!format.isString() || format.toStringRef() != kFormat) throw Error(path.string() + ": not a noprop checkpoint");
   auto version = read_value(ar, path, "format_version").toInt();
-  if (version != kCheckpointVersion)
-    throw Error(path.string() + ": checkpoint format version " + std::to_string(version) + ", this program reads " +
+  if (version < 1 || version > kCheckpointVersion)
+    throw Error(path.string() + ": checkpoint format version " + std::to_string(version) + ", this program reads 1 to " +
                 std::to_string(kCheckpointVersion));
+  if (version >= 2 && !opened.checksummed)
+    throw Error(path.string() + ": checkpoint lacks its checksum trailer (truncated or corrupt)");
   TrainingState s;
   s.epoch = read_value(ar, path, "epoch").toInt();
   s.step = read_value(ar, path, "step").toInt();
@@ -85,17 +130,24 @@ void save_checkpoint(const std::filesystem::path& path, Method& method, const Tr
   ar.write("method", m);
   std::ostringstream out;
   ar.save_to(out);
-  write_file_atomic(path, out.str());
+  std::string bytes = out.str();
+  const uint64_t body = bytes.size();
+  const uint32_t crc = crc32_of(bytes, body);
+  bytes.append(kTrailerMagic, sizeof kTrailerMagic);
+  append_le(bytes, body, 8);
+  append_le(bytes, crc, 4);
+  write_file_atomic(path, bytes);
 }
 
 TrainingState read_checkpoint_state(const std::filesystem::path& path) {
-  auto ar = open_archive(path);
-  return read_state(ar, path);
+  auto opened = open_archive(path);
+  return read_state(opened, path);
 }
 
 TrainingState load_checkpoint(const std::filesystem::path& path, Method& method, bool restore_rng) {
-  auto ar = open_archive(path);
-  auto s = read_state(ar, path);
+  auto opened = open_archive(path);
+  auto s = read_state(opened, path);
+  auto& ar = opened.archive;
   try {
     torch::serialize::InputArchive m;
     ar.read("method", m);

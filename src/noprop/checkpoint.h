@@ -1,6 +1,9 @@
 // Checkpoints: one file holding the method (parameters, buffers, optimizer states), the
 // resolved config, the epoch and the RNG state, so that --resume continues bit-identically.
-// Written to a temporary file and renamed into place.
+// Written to a temporary file, flushed and renamed into place. Format 2 appends a trailer
+// ("NPCKSUM1", the archive's length and its CRC-32) to the LibTorch archive, so that a
+// corrupted file is refused before anything in it is used; format 1 files (no trailer) are
+// still read.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +14,7 @@
 
 namespace noprop {
 
-constexpr int64_t kCheckpointVersion = 1;
+constexpr int64_t kCheckpointVersion = 2;
 
 struct TrainingState {
   int64_t epoch = 0;  // completed epochs
