@@ -2,10 +2,12 @@
 # Installs what noprop needs from Debian/Ubuntu packages (skipping what is already there) and
 # selects OpenBLAS as the system BLAS: Debian's LibTorch otherwise runs on the reference BLAS,
 # 4-5x slower. Idempotent; needs root or sudo only when something is missing.
+# --checks also installs clang and its fuzzer/sanitizer runtimes for scripts/robustness.sh.
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config zlib1g-dev libtorch-dev libyaml-cpp-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libopenblas0-openmp dataset-fashion-mnist)
+[ "${1:-}" = "--checks" ] && packages+=(clang libclang-rt-dev)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 

@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <csignal>
 #include <fstream>
+#include <sstream>
 
 #include "noprop/checkpoint.h"
 #include "noprop/methods/dt.h"
@@ -155,10 +157,10 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
   flipped[flipped.size() / 2] ^= 0x40;
   write_file_atomic(dir / "flip.pt", flipped);
   expect_error([&] { read_checkpoint_state(dir / "flip.pt"); }, "flip.pt: checkpoint checksum mismatch");
-  // The trailer cut off: a format-2 archive without its checksum.
+  // The trailer cut off: the archive alone is never handed to LibTorch's parser.
   write_file_atomic(dir / "notrailer.pt", bytes.substr(0, bytes.size() - 20));
-  expect_error([&] { read_checkpoint_state(dir / "notrailer.pt"); }, "lacks its checksum trailer");
-  // Other format versions: 99 is refused, 1 (before checksums) is still read.
+  expect_error([&] { read_checkpoint_state(dir / "notrailer.pt"); }, "notrailer.pt: not a readable checkpoint (no checksum trailer");
+  // Another format version, with a valid trailer: refused by version.
   auto write_version = [&](int64_t version, const fs::path& p) {
     torch::serialize::OutputArchive ar;
     ar.write("format", c10::IValue(std::string("noprop-checkpoint")));
@@ -167,12 +169,19 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
     ar.write("best_test_accuracy", c10::IValue(50.0));
     ar.write("config", c10::IValue(std::string("method: dt\n")));
     ar.write("config_name", c10::IValue(std::string("old")));
-    ar.save_to(p.string());
+    std::ostringstream out;
+    ar.save_to(out);
+    std::string body = out.str(), trailer = "NPCKSUM1";
+    const uint64_t n = body.size();
+    const uint32_t crc = uint32_t(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(body.data()), uInt(n)));
+    for (int i = 0; i < 8; ++i) trailer.push_back(char((n >> (8 * i)) & 0xff));
+    for (int i = 0; i < 4; ++i) trailer.push_back(char((crc >> (8 * i)) & 0xff));
+    write_file_atomic(p, body + trailer);
   };
   write_version(99, dir / "v99.pt");
-  expect_error([&] { read_checkpoint_state(dir / "v99.pt"); }, "v99.pt: checkpoint format version 99, this program reads 1 to 2");
-  write_version(1, dir / "v1.pt");
-  EXPECT_EQ(read_checkpoint_state(dir / "v1.pt").epoch, 3);
+  expect_error([&] { read_checkpoint_state(dir / "v99.pt"); }, "v99.pt: checkpoint format version 99, this program reads 2");
+  write_version(2, dir / "v2.pt");  // this trailer, written independently, is accepted
+  EXPECT_EQ(read_checkpoint_state(dir / "v2.pt").epoch, 3);
   // Not a checkpoint at all.
   write_file_atomic(dir / "junk.pt", "hello");
   expect_error([&] { read_checkpoint_state(dir / "junk.pt"); }, "junk.pt: not a readable checkpoint");

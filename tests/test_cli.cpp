@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <fstream>
@@ -192,6 +195,33 @@ TEST_F(CliTest, InterruptedRunExitsAndResumes) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("resuming after epoch 0 and 3 batches of epoch 1"), std::string::npos) << r.out;
   EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"))["steps"], 8);
+}
+
+// Environment problems fail before any training, naming the cause: a run directory that cannot
+// be written, one without room for the checkpoints, a CUDA device on a machine without one.
+TEST_F(CliTest, EnvironmentFailsFast) {
+  write_synthetic_mnist(dir / "data", 64, 32);
+  const std::string base = "train mnist-dt-quick --threads 1 --data-dir " + (dir / "data").string();
+  fs::create_directories(dir / "ro");
+  fs::permissions(dir / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+  auto r = run(base + " --out " + (dir / "ro" / "run").string());
+  fs::permissions(dir / "ro", fs::perms::owner_all);
+  if (::geteuid() != 0) {  // root writes anywhere
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("cannot create run directory"), std::string::npos) << r.out;
+  }
+  ::setenv("NOPROP_FREE_BYTES", "1000000", 1);
+  r = run(base + " --out " + (dir / "full").string());
+  ::unsetenv("NOPROP_FREE_BYTES");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find(": only 1 MB free, the run's checkpoints need about"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "full"));
+  r = run(base + " --device cuda --out " + (dir / "cuda").string());
+  if (r.code == 1) {
+    EXPECT_NE(r.out.find("CUDA is not available"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(dir / "cuda"));
+  }
 }
 
 TEST_F(CliTest, ConfigsListed) {

@@ -140,3 +140,13 @@ TEST(Util, EditDistanceCountsSwapsOnce) {
   EXPECT_EQ(edit_distance("ab", "ba"), 1u);
   EXPECT_EQ(closest_match("mnist-td", {"mnist-ct", "mnist-dt", "mnist-fm"}), "mnist-dt");
 }
+
+// Found by fuzzing: a mapping or sequence used as a key is a one-line error, not an escaping
+// YAML exception.
+TEST(Config, NonScalarKeyIsAnError) {
+  Config c;
+  EXPECT_NE(error_of([&] { apply_yaml(c, "[a, b]: 1\n", "k.yaml"); }).find("k.yaml: config keys must be plain names"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { apply_yaml(c, "? {x: 1}\n: 2\n", "k.yaml"); }).find("config keys must be plain names"),
+            std::string::npos);
+}

@@ -14,6 +14,13 @@ const char* kFormat = "noprop-checkpoint";
 constexpr char kTrailerMagic[8] = {'N', 'P', 'C', 'K', 'S', 'U', 'M', '1'};
 constexpr std::size_t kTrailerSize = 8 + 8 + 4;  // magic, archive length, CRC-32 (little endian)
 
+// The first line of an exception's message (c10::Error without its backtrace).
+std::string first_line(const std::exception& e) {
+  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+  std::string what = c10e ? c10e->what_without_backtrace() : e.what();
+  return what.substr(0, what.find('\n'));
+}
+
 uint32_t crc32_of(const std::string& bytes, std::size_t n) {
   uLong crc = crc32(0L, Z_NULL, 0);
   for (std::size_t i = 0; i < n;) {
@@ -36,7 +43,6 @@ uint64_t read_le(const char* p, int bytes) {
 
 struct OpenedArchive {
   torch::serialize::InputArchive archive;
-  bool checksummed = false;
 };
 
 OpenedArchive open_archive(const std::filesystem::path& path) {
@@ -44,20 +50,21 @@ OpenedArchive open_archive(const std::filesystem::path& path) {
   if (!std::filesystem::is_regular_file(path, ec)) throw Error(path.string() + ": no such checkpoint file");
   std::string bytes = read_text_file(path);
   OpenedArchive out;
-  std::size_t body = bytes.size();
-  if (bytes.size() >= kTrailerSize &&
-      std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, sizeof kTrailerMagic) == 0) {
-    const char* t = bytes.data() + bytes.size() - kTrailerSize;
-    body = bytes.size() - kTrailerSize;
-    if (read_le(t + 8, 8) != body)
-      throw Error(path.string() + ": checkpoint length does not match its trailer (truncated or corrupt)");
-    if (uint32_t(read_le(t + 16, 4)) != crc32_of(bytes, body))
-      throw Error(path.string() + ": checkpoint checksum mismatch (the file is corrupt)");
-    out.checksummed = true;
-  }
+  // LibTorch's archive importer is not hardened (a malformed archive can crash it), so no byte
+  // reaches it before the checksum has been verified.
+  if (bytes.size() < kTrailerSize ||
+      std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, sizeof kTrailerMagic) != 0)
+    throw Error(path.string() + ": not a readable checkpoint (no checksum trailer: truncated, corrupt, or not written "
+                "by noprop format " + std::to_string(kCheckpointVersion) + ")");
+  const char* t = bytes.data() + bytes.size() - kTrailerSize;
+  const std::size_t body = bytes.size() - kTrailerSize;
+  if (read_le(t + 8, 8) != body)
+    throw Error(path.string() + ": checkpoint length does not match its trailer (truncated or corrupt)");
+  if (uint32_t(read_le(t + 16, 4)) != crc32_of(bytes, body))
+    throw Error(path.string() + ": checkpoint checksum mismatch (the file is corrupt)");
   try {
     out.archive.load_from(bytes.data(), body);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {  // c10::Error, and the TorchScript parser's own errors
     throw Error(path.string() + ": not a readable checkpoint (truncated or corrupt)");
   }
   return out;
@@ -69,35 +76,64 @@ c10::IValue read_value(torch::serialize::InputArchive& ar, const std::filesystem
   return v;
 }
 
-TrainingState read_state(OpenedArchive& opened, const std::filesystem::path& path) {
+int64_t read_int(torch::serialize::InputArchive& ar, const std::filesystem::path& path, const char* key) {
+  auto v = read_value(ar, path, key);
+  if (!v.isInt()) throw Error(path.string() + ": checkpoint field '" + key + "' is not an integer");
+  return v.toInt();
+}
+
+double read_double(torch::serialize::InputArchive& ar, const std::filesystem::path& path, const char* key) {
+  auto v = read_value(ar, path, key);
+  if (!v.isDouble()) throw Error(path.string() + ": checkpoint field '" + key + "' is not a number");
+  return v.toDouble();
+}
+
+std::string read_string(torch::serialize::InputArchive& ar, const std::filesystem::path& path, const char* key) {
+  auto v = read_value(ar, path, key);
+  if (!v.isString()) throw Error(path.string() + ": checkpoint field '" + key + "' is not a string");
+  return v.toStringRef();
+}
+
+TrainingState read_state_fields(OpenedArchive& opened, const std::filesystem::path& path) {
   auto& ar = opened.archive;
   auto format = read_value(ar, path, "format");
   if (!format.isString() || format.toStringRef() != kFormat) throw Error(path.string() + ": not a noprop checkpoint");
-  auto version = read_value(ar, path, "format_version").toInt();
-  if (version < 1 || version > kCheckpointVersion)
-    throw Error(path.string() + ": checkpoint format version " + std::to_string(version) + ", this program reads 1 to " +
+  auto version = read_int(ar, path, "format_version");
+  if (version != kCheckpointVersion)
+    throw Error(path.string() + ": checkpoint format version " + std::to_string(version) + ", this program reads " +
                 std::to_string(kCheckpointVersion));
-  if (version >= 2 && !opened.checksummed)
-    throw Error(path.string() + ": checkpoint lacks its checksum trailer (truncated or corrupt)");
   TrainingState s;
-  s.epoch = read_value(ar, path, "epoch").toInt();
-  s.step = read_value(ar, path, "step").toInt();
-  s.best_test_accuracy = read_value(ar, path, "best_test_accuracy").toDouble();
-  s.best_epoch = read_value(ar, path, "best_epoch").toInt();
-  s.config_yaml = read_value(ar, path, "config").toStringRef();
-  s.config_name = read_value(ar, path, "config_name").toStringRef();
+  s.epoch = read_int(ar, path, "epoch");
+  s.step = read_int(ar, path, "step");
+  s.best_test_accuracy = read_double(ar, path, "best_test_accuracy");
+  s.best_epoch = read_int(ar, path, "best_epoch");
+  s.config_yaml = read_string(ar, path, "config");
+  s.config_name = read_string(ar, path, "config_name");
+  if (s.epoch < 0 || s.step < 0) throw Error(path.string() + ": checkpoint has a negative epoch or step");
   c10::IValue v;
   if (ar.try_read("in_epoch_batches", v)) {
+    if (!v.isInt() || v.toInt() < 0) throw Error(path.string() + ": checkpoint field 'in_epoch_batches' is invalid");
     s.in_epoch_batches = v.toInt();
-    s.pass = read_value(ar, path, "in_epoch_pass").toInt();
-    s.samples = read_value(ar, path, "samples").toInt();
-    s.skipped = read_value(ar, path, "skipped").toInt();
-    s.train_seconds = read_value(ar, path, "train_seconds").toDouble();
+    s.pass = read_int(ar, path, "in_epoch_pass");
+    s.samples = read_int(ar, path, "samples");
+    s.skipped = read_int(ar, path, "skipped");
+    s.train_seconds = read_double(ar, path, "train_seconds");
     for (auto [key, t] : {std::pair{"permutation", &s.permutation}, {"loss_sums", &s.loss_sums},
                           {"loss_counts", &s.loss_counts}})
       if (!ar.try_read(key, *t)) throw Error(path.string() + ": checkpoint lacks '" + key + "'");
   }
   return s;
+}
+
+// Metadata, with anything LibTorch throws on a malformed archive turned into one line.
+TrainingState read_state(OpenedArchive& opened, const std::filesystem::path& path) {
+  try {
+    return read_state_fields(opened, path);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(path.string() + ": malformed checkpoint (" + first_line(e) + ")");
+  }
 }
 
 }  // namespace
@@ -152,16 +188,18 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Method& method,
     torch::serialize::InputArchive m;
     ar.read("method", m);
     method.load(m);
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
-    throw Error(path.string() + ": checkpoint does not match the configured model (" +
-                what.substr(0, what.find('\n')) + ")");
+  } catch (const std::exception& e) {
+    throw Error(path.string() + ": checkpoint does not match the configured model (" + first_line(e) + ")");
   }
   if (restore_rng) {
     torch::Tensor state;
     if (!ar.try_read("rng_cpu", state)) throw Error(path.string() + ": checkpoint lacks the RNG state");
     at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle to the global one
-    cpu.set_state(state);
+    try {
+      cpu.set_state(state);
+    } catch (const c10::Error&) {
+      throw Error(path.string() + ": checkpoint's RNG state is malformed");
+    }
     if (torch::cuda::is_available() && ar.try_read("rng_cuda", state)) {
       at::Generator cuda = torch::globalContext().defaultGenerator(torch::Device(torch::kCUDA, 0));
       cuda.set_state(state);

@@ -2,8 +2,7 @@
 // resolved config, the epoch and the RNG state, so that --resume continues bit-identically.
 // Written to a temporary file, flushed and renamed into place. Format 2 appends a trailer
 // ("NPCKSUM1", the archive's length and its CRC-32) to the LibTorch archive, so that a
-// corrupted file is refused before anything in it is used; format 1 files (no trailer) are
-// still read.
+// truncated or corrupted file is refused before any of it is parsed.
 #pragma once
 
 #include <cstdint>

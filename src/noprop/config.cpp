@@ -191,7 +191,8 @@ void apply_yaml(Config& cfg, const std::string& yaml_text, const std::string& so
   if (!root.IsMap()) throw Error(source + ": expected a mapping of config keys");
   std::set<std::string> seen;
   for (const auto& kv : root) {
-    std::string name = kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) throw Error(source + ": config keys must be plain names, got '" + scalar_text(kv.first) + "'");
+    std::string name = kv.first.Scalar();
     if (!seen.insert(name).second) throw Error(source + ": config key '" + name + "' given twice");
     apply_key(cfg, name, kv.second, source);
   }

@@ -2,15 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numbers>
 #include <stdexcept>
 
 namespace noprop {
 
+namespace {
+constexpr double kPi = 3.14159265358979323846;
+}
+
 CosineSchedule::CosineSchedule(const ScheduleOptions& opt) : T_(opt.T) {
   if (opt.T < 1) throw std::invalid_argument("schedule: T must be >= 1");
   auto f = [&](double tau) {
-    double c = std::cos(std::numbers::pi / 2 * (tau + opt.s) / (1 + opt.s));
+    double c = std::cos(kPi / 2 * (tau + opt.s) / (1 + opt.s));
     return c * c;
   };
   alpha_bar_.resize(T_ + 1);

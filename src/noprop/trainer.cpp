@@ -111,6 +111,28 @@ void prepare_run_dir(const fs::path& dir) {
   fs::remove(dir / ".write-test", ec);
 }
 
+// A run that cannot write its checkpoints should fail now, not after an epoch: each checkpoint
+// holds the parameters and about two optimizer moments per parameter (4 bytes each), and
+// best.pt, final.pt and a temporary copy may exist at once. NOPROP_FREE_BYTES overrides the
+// measured free space (tests).
+void check_free_space(const fs::path& dir, int64_t parameters) {
+  const double checkpoint = 4.0 * 3.0 * double(parameters);
+  const double needed = 3.0 * checkpoint + (16 << 20);
+  std::error_code ec;
+  fs::path existing = fs::absolute(dir, ec);
+  while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
+    existing = existing.parent_path();
+  double available = double(fs::space(existing, ec).available);
+  if (const char* env = std::getenv("NOPROP_FREE_BYTES")) available = std::atof(env);
+  else if (ec) return;  // cannot tell: the atomic writes still fail cleanly
+  if (available < needed) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, ": only %.0f MB free, the run's checkpoints need about %.0f MB", available / 1e6,
+                  needed / 1e6);
+    throw Error(dir.string() + buf);
+  }
+}
+
 }  // namespace
 
 EvalResult evaluate(Method& method, const Dataset& data, int runs, const InferenceOptions& inference, int64_t seed,
@@ -164,6 +186,7 @@ nlohmann::json train(const RunOptions& opt) {
 
   torch::manual_seed(uint64_t(cfg.seed));
   auto method = make_method(cfg, data.info, &data.train, device);
+  check_free_space(dir, method->parameter_count());
   if (opt.resume) {
     state = load_checkpoint(dir / "final.pt", *method, /*restore_rng=*/true);
   } else {
@@ -212,6 +235,16 @@ nlohmann::json train(const RunOptions& opt) {
   const int64_t n = data.train.size(), B = cfg.batch_size;
   const int64_t batches_per_pass = (n + B - 1) / B;
   const int passes = method->passes_per_epoch();
+  if (state.in_epoch_batches >= 0) {
+    const auto& p = state.permutation;
+    const auto k = int64_t(loss_names.size());
+    if (!p.defined() || p.dim() != 1 || p.numel() != n || p.scalar_type() != torch::kInt64 ||
+        state.pass < 0 || state.pass >= passes || state.in_epoch_batches > batches_per_pass * passes ||
+        state.in_epoch_batches < state.pass * batches_per_pass || !state.loss_sums.defined() ||
+        state.loss_sums.numel() != k || !state.loss_counts.defined() || state.loss_counts.numel() != k ||
+        state.loss_counts.scalar_type() != torch::kInt64)
+      throw Error((dir / "final.pt").string() + ": its interrupted-epoch state does not match this run");
+  }
   double train_seconds_total = 0;
   int64_t epochs_run = 0;
   std::string stop_reason = "epochs";
