@@ -41,15 +41,11 @@ uint64_t read_le(const char* p, int bytes) {
   return v;
 }
 
-struct OpenedArchive {
-  torch::serialize::InputArchive archive;
-};
-
-OpenedArchive open_archive(const std::filesystem::path& path) {
+torch::serialize::InputArchive open_archive(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw Error(path.string() + ": no such checkpoint file");
   std::string bytes = read_text_file(path);
-  OpenedArchive out;
+  torch::serialize::InputArchive ar;
   // LibTorch's archive importer is not hardened (a malformed archive can crash it), so no byte
   // reaches it before the checksum has been verified.
   if (bytes.size() < kTrailerSize ||
@@ -63,11 +59,11 @@ OpenedArchive open_archive(const std::filesystem::path& path) {
   if (uint32_t(read_le(t + 16, 4)) != crc32_of(bytes, body))
     throw Error(path.string() + ": checkpoint checksum mismatch (the file is corrupt)");
   try {
-    out.archive.load_from(bytes.data(), body);
+    ar.load_from(bytes.data(), body);
   } catch (const std::exception&) {  // c10::Error, and the TorchScript parser's own errors
     throw Error(path.string() + ": not a readable checkpoint (truncated or corrupt)");
   }
-  return out;
+  return ar;
 }
 
 c10::IValue read_value(torch::serialize::InputArchive& ar, const std::filesystem::path& path, const char* key) {
@@ -94,8 +90,7 @@ std::string read_string(torch::serialize::InputArchive& ar, const std::filesyste
   return v.toStringRef();
 }
 
-TrainingState read_state_fields(OpenedArchive& opened, const std::filesystem::path& path) {
-  auto& ar = opened.archive;
+TrainingState read_state_fields(torch::serialize::InputArchive& ar, const std::filesystem::path& path) {
   auto format = read_value(ar, path, "format");
   if (!format.isString() || format.toStringRef() != kFormat) throw Error(path.string() + ": not a noprop checkpoint");
   auto version = read_int(ar, path, "format_version");
@@ -126,9 +121,9 @@ TrainingState read_state_fields(OpenedArchive& opened, const std::filesystem::pa
 }
 
 // Metadata, with anything LibTorch throws on a malformed archive turned into one line.
-TrainingState read_state(OpenedArchive& opened, const std::filesystem::path& path) {
+TrainingState read_state(torch::serialize::InputArchive& ar, const std::filesystem::path& path) {
   try {
-    return read_state_fields(opened, path);
+    return read_state_fields(ar, path);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -176,14 +171,13 @@ void save_checkpoint(const std::filesystem::path& path, Method& method, const Tr
 }
 
 TrainingState read_checkpoint_state(const std::filesystem::path& path) {
-  auto opened = open_archive(path);
-  return read_state(opened, path);
+  auto ar = open_archive(path);
+  return read_state(ar, path);
 }
 
 TrainingState load_checkpoint(const std::filesystem::path& path, Method& method, bool restore_rng) {
-  auto opened = open_archive(path);
-  auto s = read_state(opened, path);
-  auto& ar = opened.archive;
+  auto ar = open_archive(path);
+  auto s = read_state(ar, path);
   try {
     torch::serialize::InputArchive m;
     ar.read("method", m);

@@ -57,7 +57,7 @@ void on_stop_signal(int sig) {
 }
 }  // namespace
 
-StopSignals::StopSignals() : old_(new struct sigaction[2]) {
+StopSignals::StopSignals() {
   g_stop_signal = 0;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
@@ -69,7 +69,6 @@ StopSignals::StopSignals() : old_(new struct sigaction[2]) {
 StopSignals::~StopSignals() {
   sigaction(SIGINT, &old_[0], nullptr);
   sigaction(SIGTERM, &old_[1], nullptr);
-  delete[] old_;
   g_stop_signal = 0;
 }
 

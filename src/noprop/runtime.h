@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <signal.h>
+
 #include <csignal>
 #include <string>
 
@@ -38,7 +40,7 @@ class StopSignals {
   static int pending();
 
  private:
-  struct sigaction* old_ = nullptr;
+  struct sigaction old_[2];  // SIGINT's and SIGTERM's previous handlers
 };
 
 }  // namespace noprop

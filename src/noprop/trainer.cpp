@@ -133,6 +133,19 @@ void check_free_space(const fs::path& dir, int64_t parameters) {
   }
 }
 
+// The value of a test hook variable, or -1 when unset.
+int64_t step_from_env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : -1;
+}
+
+// The error that ends an interrupted run, once its final.pt is saved.
+Interrupted interrupted(int sig, const std::string& where, const fs::path& dir) {
+  return Interrupted(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " at " + where + ": saved " +
+                         (dir / "final.pt").string() + "; continue with: noprop train --resume " + dir.string(),
+                     sig);
+}
+
 }  // namespace
 
 EvalResult evaluate(Method& method, const Dataset& data, int runs, const InferenceOptions& inference, int64_t seed,
@@ -225,13 +238,10 @@ nlohmann::json train(const RunOptions& opt) {
                                                               : "")
                              : ""));
 
-  // Fault injection for tests of on_nonfinite: NOPROP_INJECT_NAN_AT_STEP=N makes the images of
-  // global step N NaN.
-  const char* inject_env = std::getenv("NOPROP_INJECT_NAN_AT_STEP");
-  const int64_t inject_step = inject_env ? std::atoll(inject_env) : -1;
-  // And NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after global step N (tests of interruption).
-  const char* interrupt_env = std::getenv("NOPROP_INTERRUPT_AT_STEP");
-  const int64_t interrupt_step = interrupt_env ? std::atoll(interrupt_env) : -1;
+  // Fault injection for tests: NOPROP_INJECT_NAN_AT_STEP=N makes the images of global step N
+  // NaN (on_nonfinite); NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after step N (interruption).
+  const int64_t inject_step = step_from_env("NOPROP_INJECT_NAN_AT_STEP");
+  const int64_t interrupt_step = step_from_env("NOPROP_INTERRUPT_AT_STEP");
   const int64_t n = data.train.size(), B = cfg.batch_size;
   const int64_t batches_per_pass = (n + B - 1) / B;
   const int passes = method->passes_per_epoch();
@@ -285,10 +295,8 @@ nlohmann::json train(const RunOptions& opt) {
             if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
           save_checkpoint(dir / "final.pt", *method, state);
           if (cfg.detailed_logging) batches.flush();
-          throw Interrupted(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " at epoch " + std::to_string(epoch) +
-                                ", batch " + std::to_string(done) + "/" + std::to_string(total) + ": saved " +
-                                (dir / "final.pt").string() + "; continue with: noprop train --resume " + dir.string(),
-                            sig);
+          throw interrupted(sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" +
+                                     std::to_string(total), dir);
         }
         auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
         ++done;
@@ -366,10 +374,7 @@ nlohmann::json train(const RunOptions& opt) {
 
     if (int sig = StopSignals::pending(); sig && epoch < cfg.epochs) {
       if (!cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
-      throw Interrupted(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " at the end of epoch " +
-                            std::to_string(epoch) + ": saved " + (dir / "final.pt").string() +
-                            "; continue with: noprop train --resume " + dir.string(),
-                        sig);
+      throw interrupted(sig, "the end of epoch " + std::to_string(epoch), dir);
     }
     if (cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy) {
       stop_reason = "early_stopping";

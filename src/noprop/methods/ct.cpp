@@ -38,13 +38,13 @@ torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const I
   const int N = opt.steps;
   if (N < 1) throw Error("inference steps must be >= 1");
   // The schedule on the grid, in double: consecutive ᾱ differ by little when N is large.
-  auto grid = torch::linspace(0.0, 1.0, N + 1, torch::TensorOptions().dtype(torch::kFloat64));
-  auto dev = schedule_->gamma0.device();
-  auto ab_t = schedule_->alpha_bar(grid.to(dev)).to(torch::kCPU, torch::kFloat64).contiguous();
-  auto dab_t = (-schedule_->gamma_derivative(grid.to(dev)).to(torch::kCPU, torch::kFloat64) * ab_t * (1 - ab_t))
-                   .contiguous();
-  std::vector<double> ab(ab_t.data_ptr<double>(), ab_t.data_ptr<double>() + N + 1);
-  std::vector<double> dab(dab_t.data_ptr<double>(), dab_t.data_ptr<double>() + N + 1);
+  auto grid = torch::linspace(0.0, 1.0, N + 1, torch::TensorOptions().dtype(torch::kFloat64))
+                  .to(schedule_->gamma0.device());
+  auto on_host = [N](const torch::Tensor& v) {
+    auto c = v.to(torch::kCPU, torch::kFloat64).contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + N + 1);
+  };
+  const std::vector<double> ab = on_host(schedule_->alpha_bar(grid));
   auto time = [&](int k) { return torch::full({1}, double(k) / N, z.options()); };
 
   if (opt.sampler == "ancestral") {
@@ -57,6 +57,9 @@ torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const I
     return z;
   }
   if (opt.sampler != "flow") throw Error("unknown CT sampler '" + opt.sampler + "' (ancestral or flow)");
+  // dᾱ/dt = −γ′(t) ᾱ (1 − ᾱ).
+  std::vector<double> dab = on_host(-schedule_->gamma_derivative(grid));
+  for (int k = 0; k <= N; ++k) dab[k] = dab[k] * ab[k] * (1 - ab[k]);
   return integrate_ode(z, N, opt.solver, [&](const torch::Tensor& zk, int k) {
     const double s = std::sqrt(ab[k]), sigma = std::sqrt(1 - ab[k]);
     const double ds = dab[k] / (2 * s), dsigma = -dab[k] / (2 * sigma);
