@@ -8,6 +8,11 @@
 
 #include "noprop/checkpoint.h"
 #include "noprop/config.h"
+#include "noprop/download.h"
+#include "noprop/image.h"
+#include "noprop/predict.h"
+#include "noprop/plot.h"
+#include "noprop/runs.h"
 #include "noprop/runtime.h"
 #include "noprop/trainer.h"
 #include "noprop/util.h"
@@ -72,21 +77,14 @@ struct EvalArgs {
 
 // One evaluation per combination of --steps, --solver and --sampler that the method uses.
 int run_eval(const EvalArgs& a) {
-  auto state = read_checkpoint_state(a.checkpoint);
-  Config cfg;
-  apply_yaml(cfg, state.config_yaml, a.checkpoint);
-  if (!a.data_dir.empty()) cfg.data_dir = a.data_dir;
-  if (!a.device.empty()) apply_override(cfg, "device=" + a.device);
+  auto model = load_model(a.checkpoint, a.device);
+  const Config& cfg = model.cfg;
   const bool continuous = cfg.method == "ct" || cfg.method == "fm";
   if (!continuous && (!a.steps.empty() || !a.solvers.empty() || !a.samplers.empty()))
     throw Error("--steps, --solver and --sampler apply to the ct and fm methods; this checkpoint is " + cfg.method);
   if (cfg.method == "fm" && !a.samplers.empty()) throw Error("--sampler applies to the ct method only");
   int used_threads = configure_threads(a.threads >= 0 ? a.threads : cfg.threads);
-  auto device = select_device(cfg.device);
-  auto dir = resolve_data_dir(cfg.dataset, cfg.data_dir);
-  auto data = load_dataset(cfg.dataset, dir);
-  auto method = make_method(cfg, data.info, &data.train, device);
-  load_checkpoint(a.checkpoint, *method, /*restore_rng=*/false);
+  auto data = load_dataset(cfg.dataset, resolve_data_dir(cfg.dataset, a.data_dir.empty() ? cfg.data_dir : a.data_dir));
 
   InferenceOptions base = inference_options(cfg);
   base.noise = cfg.inference_noise && !a.no_noise;
@@ -103,8 +101,8 @@ int run_eval(const EvalArgs& a) {
         InferenceOptions io = base;
         io.steps = st, io.sampler = sampler, io.solver = solvers[si];
         const auto t0 = std::chrono::steady_clock::now();
-        auto r = evaluate(*method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed, cfg.eval_batch_size,
-                          device);
+        auto r = evaluate(*model.method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed,
+                          cfg.eval_batch_size, model.device);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         nlohmann::json row = {{"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs},
                               {"seconds", secs}};
@@ -116,7 +114,7 @@ int run_eval(const EvalArgs& a) {
     }
   }
   nlohmann::json out = {{"checkpoint", a.checkpoint},
-                        {"epoch", state.epoch},
+                        {"epoch", model.state.epoch},
                         {"method", cfg.method},
                         {"dataset", cfg.dataset},
                         {"test_accuracy", results[0]["test_accuracy"]},
@@ -129,11 +127,75 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+struct PredictArgs {
+  std::string checkpoint, device;
+  std::vector<std::string> images;
+  bool invert = false, no_noise = false;
+  int runs = 0, threads = -1;
+  long long seed = -1;
+};
+
+// Class probabilities of each image file, as JSON.
+int run_predict(const PredictArgs& a) {
+  configure_threads(a.threads >= 0 ? a.threads : 0);
+  auto model = load_model(a.checkpoint, a.device);
+  const auto& info = model.info;
+  std::vector<uint8_t> pixels;
+  for (const auto& f : a.images) {
+    auto img = read_image(f, info, a.invert);
+    pixels.insert(pixels.end(), img.begin(), img.end());
+  }
+  auto x = normalise_images(pixels.data(), int64_t(a.images.size()), info);
+  InferenceOptions io = inference_options(model.cfg);
+  io.noise = model.cfg.inference_noise && !a.no_noise;
+  const int runs = a.runs > 0 ? a.runs : model.cfg.inference_runs;
+  auto probs = predict_probabilities(model, x, io, runs, a.seed >= 0 ? a.seed : model.cfg.inference_seed);
+  const auto names = class_names(info.name);
+  nlohmann::json preds = nlohmann::json::array();
+  for (std::size_t i = 0; i < a.images.size(); ++i) {
+    auto p = probs[int64_t(i)].contiguous();
+    std::vector<double> pv(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+    const auto best = std::size_t(p.argmax().item<int64_t>());
+    preds.push_back({{"file", a.images[i]}, {"class", best}, {"label", names[best]}, {"probability", pv[best]},
+                     {"probabilities", pv}});
+  }
+  nlohmann::json out = {{"checkpoint", a.checkpoint}, {"method", model.cfg.method}, {"dataset", info.name},
+                        {"inference_runs", io.noise ? runs : 1}, {"inference_noise", io.noise},
+                        {"classes", names}, {"predictions", preds}};
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
+struct ImageArgs {
+  std::string dataset, split = "test", out, data_dir;
+  int64_t index = 0;
+};
+
+// One data-set image as PNG, e.g. to try `noprop predict` on.
+int run_data_image(const ImageArgs& a) {
+  auto data = load_dataset(a.dataset, resolve_data_dir(a.dataset, a.data_dir));
+  const Dataset& split = a.split == "train" ? data.train : data.test;
+  if (a.index >= split.size())
+    throw Error("--index " + std::to_string(a.index) + " is out of range: the " + a.split + " split has " +
+                std::to_string(split.size()) + " images");
+  const auto& info = data.info;
+  auto mean = torch::tensor(info.mean, torch::kFloat32).view({-1, 1, 1});
+  auto stddev = torch::tensor(info.stddev, torch::kFloat32).view({-1, 1, 1});
+  auto raw = ((split.images[a.index] * stddev + mean) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  write_png(a.out, raw.data_ptr<uint8_t>(), info.channels, info.height, info.width);
+  const int64_t label = split.labels[a.index].item<int64_t>();
+  nlohmann::json out = {{"file", a.out}, {"dataset", a.dataset}, {"split", a.split}, {"index", a.index},
+                        {"class", label}, {"label", class_names(a.dataset)[std::size_t(label)]}};
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   init_process(argc, argv);
-  CLI::App app{"NoProp: training neural networks without back-propagation (NoProp-DT, -CT, -FM and the backprop baseline)"};
+  CLI::App app{"NoProp: training neural networks without back-propagation (NoProp-DT, -CT, -FM and the backprop baseline)",
+               "noprop"};
   app.require_subcommand(1);
 
   TrainArgs ta;
@@ -175,6 +237,70 @@ int main(int argc, char** argv) {
   bool show_keys = false;
   configs_cmd->add_flag("--keys", show_keys, "list every config key instead");
 
+  std::vector<std::string> plot_runs;
+  std::string plot_out;
+  auto* plot_cmd = app.add_subcommand(
+      "plot", "Draw each run's test accuracy and training losses against epoch and wall-clock time (PNG and SVG)");
+  plot_cmd->add_option("runs", plot_runs, "run directories")->required()->check(CLI::ExistingDirectory);
+  plot_cmd->add_option("--out", plot_out,
+                       "file prefix for a single run's figures (default RUN/curves: RUN/curves.png, RUN/curves.svg)");
+
+  std::vector<std::string> compare_runs;
+  std::string compare_out = "compare";
+  double compare_target = -1;
+  auto* compare_cmd = app.add_subcommand(
+      "compare", "Compare runs: a Markdown table (accuracy, time to a target, s/epoch, memory) and a combined figure");
+  compare_cmd->add_option("runs", compare_runs, "run directories")->required()->check(CLI::ExistingDirectory);
+  compare_cmd->add_option("--target", compare_target,
+                          "test accuracy (%) to measure epochs and seconds to (default: the lowest best accuracy "
+                          "among the runs, which every run reaches)")
+      ->check(CLI::Range(0.0, 100.0));
+  compare_cmd->add_option("--out", compare_out, "file prefix of the figure (default compare: compare.png, compare.svg)");
+  bool compare_no_plot = false;
+  compare_cmd->add_flag("--no-plot", compare_no_plot, "print the table only");
+
+  std::vector<std::string> report_runs;
+  auto* report_cmd = app.add_subcommand(
+      "report", "Results table in Markdown, laid out like the paper's Table 1 (mean ± std over seeds and inference runs)");
+  report_cmd->add_option("runs", report_runs, "run directories")->required()->check(CLI::ExistingDirectory);
+
+  PredictArgs pa;
+  auto* predict_cmd = app.add_subcommand("predict", "Classify image files with a trained model; prints JSON");
+  predict_cmd->add_option("images", pa.images, "image files: PNG, binary PGM/PPM (P5/P6), JPEG or BMP")
+      ->required()
+      ->check(CLI::ExistingFile);
+  predict_cmd->add_option("--checkpoint", pa.checkpoint, "checkpoint file (best.pt or final.pt)")->required();
+  predict_cmd->add_flag("--invert", pa.invert,
+                        "invert the grey levels first (MNIST digits are light on dark; use for dark ink on paper)");
+  predict_cmd->add_option("--inference-runs", pa.runs, "stochastic inference runs averaged (default: the config's)")
+      ->check(CLI::Range(1, 1000));
+  predict_cmd->add_flag("--no-noise", pa.no_noise, "deterministic inference: z_0 = 0, ε_t = 0");
+  predict_cmd->add_option("--seed", pa.seed, "inference seed")->check(CLI::NonNegativeNumber);
+  predict_cmd->add_option("--device", pa.device, "cpu, cuda or cuda:N");
+  predict_cmd->add_option("--threads", pa.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
+
+  auto* data_cmd = app.add_subcommand("data", "Data sets: download them, export images");
+  data_cmd->require_subcommand(1);
+  std::string dl_name, dl_dir = "data";
+  std::vector<std::string> dl_mirrors;
+  bool dl_quiet = false;
+  auto* download_cmd = data_cmd->add_subcommand(
+      "download", "Download a data set from its mirrors, verify the published MD5s and unpack it where the readers look");
+  download_cmd->add_option("dataset", dl_name, "mnist, fashion-mnist, cifar10 or cifar100")->required();
+  download_cmd->add_option("--dir", dl_dir, "data directory (default ./data, where training looks first)");
+  download_cmd->add_option("--mirror", dl_mirrors, "a base URL to try before the published mirrors (repeatable)");
+  download_cmd->add_flag("--quiet", dl_quiet, "no progress output");
+
+  ImageArgs ia;
+  auto* image_cmd = data_cmd->add_subcommand("image", "Write one image of a data set as PNG; prints its label as JSON");
+  image_cmd->add_option("dataset", ia.dataset, "mnist, fashion-mnist, cifar10 or cifar100")
+      ->required()
+      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10", "cifar100"}));
+  image_cmd->add_option("--index", ia.index, "image index in the split (default 0)")->check(CLI::NonNegativeNumber);
+  image_cmd->add_option("--split", ia.split, "test or train (default test)")->check(CLI::IsMember({"test", "train"}));
+  image_cmd->add_option("--out", ia.out, "PNG file to write")->required();
+  image_cmd->add_option("--data-dir", ia.data_dir, "data directory (else $NOPROP_DATA, ./data, /usr/share/datasets)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -184,6 +310,38 @@ int main(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) return run_train(ta);
     if (eval_cmd->parsed()) return run_eval(ea);
+    if (predict_cmd->parsed()) return run_predict(pa);
+    if (image_cmd->parsed()) return run_data_image(ia);
+    if (download_cmd->parsed()) {
+      DownloadOptions opt;
+      opt.progress = !dl_quiet;
+      for (auto m : dl_mirrors) opt.extra_mirrors.push_back(m.ends_with('/') ? m : m + "/");
+      auto where = download_dataset(download_source(dl_name), dl_dir, opt);
+      locate_dataset(dl_name, where);  // the readers find what was unpacked
+      std::printf("%s: %s\n", dl_name.c_str(), where.c_str());
+      return 0;
+    }
+    if (plot_cmd->parsed()) {
+      if (!plot_out.empty() && plot_runs.size() > 1) throw Error("plot: --out needs a single run");
+      for (const auto& r : read_runs(plot_runs)) {
+        auto files = plot_run(r, plot_out.empty() ? r.dir / "curves" : fs::path(plot_out));
+        std::printf("%s\n%s\n", files[0].c_str(), files[1].c_str());
+      }
+      return 0;
+    }
+    if (compare_cmd->parsed()) {
+      auto runs = read_runs(compare_runs);
+      std::printf("%s", compare_table(runs, compare_target >= 0 ? compare_target : default_target(runs)).c_str());
+      if (!compare_no_plot) {
+        auto files = plot_comparison(runs, compare_out);
+        std::printf("\nfigures: %s, %s\n", files[0].c_str(), files[1].c_str());
+      }
+      return 0;
+    }
+    if (report_cmd->parsed()) {
+      std::printf("%s", report_table(read_runs(report_runs)).c_str());
+      return 0;
+    }
     if (configs_cmd->parsed()) {
       if (show_keys) {
         for (const auto& [k, help] : config_keys()) std::printf("%-26s %s\n", k.c_str(), help.c_str());

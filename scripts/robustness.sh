@@ -21,12 +21,12 @@ echo "== fuzzing: ${seconds} s per target"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DNOPROP_FUZZ=ON \
   -DNOPROP_BUILD_TESTS=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs"
-for target in idx cifar config checkpoint; do
+for target in idx cifar config checkpoint image runs; do
   work="$(mktemp -d)"
   mkdir -p "$work/new"
   status=0
   ASAN_OPTIONS=detect_leaks=0 build-fuzz/fuzz_${target} -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
-    -print_final_stats=1 "$work/new" "fuzz/corpus/${target}" >"$work/log" 2>&1 || status=$?
+    -print_final_stats=1 -artifact_prefix="$work/" "$work/new" "fuzz/corpus/${target}" >"$work/log" 2>&1 || status=$?
   echo "fuzz_${target}: $(grep -E '^stat::number_of_executed_units' "$work/log" | awk '{print $2}') executions in ${seconds} s, exit ${status}"
   if [ "$status" -ne 0 ]; then tail -n 60 "$work/log"; exit 1; fi
   rm -rf "$work"

@@ -42,16 +42,12 @@ std::vector<std::string> csv_rows_without_timing(const fs::path& p) {
 }
 }  // namespace
 
-class CheckpointTest : public ::testing::Test {
+class CheckpointTest : public TempDirTest {
  protected:
   void SetUp() override {
-    auto name = std::string(::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::replace(name.begin(), name.end(), '/', '-');
-    dir = temp_dir(name);
+    TempDirTest::SetUp();
     write_synthetic_mnist(dir / "data", 192, 64);
   }
-  void TearDown() override { fs::remove_all(dir); }
-  fs::path dir;
 };
 
 class ResumeTest : public CheckpointTest, public ::testing::WithParamInterface<std::string> {

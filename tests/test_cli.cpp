@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "noprop/predict.h"
 #include "test_paths.h"
 #include "test_util.h"
 
@@ -33,12 +34,7 @@ Result run(const std::string& args) {
   return {WEXITSTATUS(status), out};
 }
 
-class CliTest : public ::testing::Test {
- protected:
-  void SetUp() override { dir = temp_dir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
-  void TearDown() override { fs::remove_all(dir); }
-  fs::path dir;
-};
+class CliTest : public TempDirTest {};
 }  // namespace
 
 TEST_F(CliTest, BadInvocationsFailWithOneLine) {
@@ -230,4 +226,101 @@ TEST_F(CliTest, ConfigsListed) {
   for (auto name : {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick",
                     "mnist-ct", "mnist-ct-dim20", "mnist-ct-prototype", "cifar100-fm-prototype", "fashion-mnist-fm-quick"})
     EXPECT_NE(r.out.find(name), std::string::npos) << name;
+}
+
+// plot, compare, report, data image, predict and the embedding example on two real (tiny) runs.
+TEST_F(CliTest, ToolsOnRealRuns) {
+  write_synthetic_mnist(dir / "data", 256, 100);
+  {
+    std::ofstream cfg(dir / "tiny.yaml");
+    cfg << "# tiny\ndataset: mnist\narchitecture: seed\nnum_layers: 2\nbatch_size: 64\nepochs: 2\ninference_runs: 2\n";
+  }
+  const std::string data = " --data-dir " + (dir / "data").string();
+  for (int seed : {1, 2}) {
+    auto r = run("train --config " + (dir / "tiny.yaml").string() + " --threads 1 --seed " + std::to_string(seed) +
+                 data + " --out " + (dir / ("run" + std::to_string(seed))).string());
+    ASSERT_EQ(r.code, 0) << r.out;
+    // Training draws its own figure at the end.
+    EXPECT_NE(r.out.find("curves.png"), std::string::npos) << r.out;
+    EXPECT_GT(fs::file_size(dir / ("run" + std::to_string(seed)) / "curves.png"), 1000u);
+    EXPECT_GT(fs::file_size(dir / ("run" + std::to_string(seed)) / "curves.svg"), 1000u);
+  }
+  const std::string runs = " " + (dir / "run1").string() + " " + (dir / "run2").string();
+
+  auto r = run("plot " + (dir / "run1").string() + " --out " + (dir / "p").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "p.png") && fs::exists(dir / "p.svg"));
+  r = run("compare" + runs + " --out " + (dir / "c").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("| run1 | NoProp-DT one-hot | MNIST | 2 | "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| run2 | NoProp-DT one-hot | MNIST | 2 | "), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "c.png") && fs::exists(dir / "c.svg"));
+  r = run("report" + runs);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("| NoProp-DT one-hot | "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 run(s) (seed 1, 2), 4 values"), std::string::npos) << r.out;
+  r = run("compare " + (dir / "data").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("config.yaml: cannot open"), std::string::npos) << r.out;
+
+  // Test image 3 as PNG, then classified from the file: the same probabilities as the model
+  // gives the data set's own tensor.
+  r = run("data image mnist --index 3" + data + " --out " + (dir / "digit.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto labels = noprop::read_idx_labels(dir / "data" / "t10k-labels-idx1-ubyte.gz", 10);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["class"].get<int>(), labels[3]);
+  r = run("predict --no-noise --threads 1 --checkpoint " + (dir / "run1" / "final.pt").string() + " " +
+          (dir / "digit.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto pred = nlohmann::json::parse(r.out)["predictions"][0];
+  auto model = noprop::load_model(dir / "run1" / "final.pt");
+  auto test = noprop::load_dataset("mnist", dir / "data").test;
+  noprop::InferenceOptions io = noprop::inference_options(model.cfg);
+  io.noise = false;
+  auto expected = noprop::predict_probabilities(model, test.images.slice(0, 3, 4), io, 1, 0)[0];
+  const auto probs = pred["probabilities"].get<std::vector<double>>();
+  ASSERT_EQ(probs.size(), 10u);
+  for (int c = 0; c < 10; ++c) EXPECT_NEAR(probs[c], expected[c].item<double>(), 1e-5) << c;
+  const int cls = pred["class"].get<int>();
+  EXPECT_EQ(cls, expected.argmax().item<int64_t>());
+
+  // The embedding example agrees.
+  FILE* p = popen((std::string(NOPROP_EXAMPLE_CLASSIFY) + " " + (dir / "run1" / "final.pt").string() + " " +
+                   (dir / "digit.png").string() + " 2>&1")
+                      .c_str(),
+                  "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  EXPECT_NE(out.find("class " + std::to_string(cls) + " (p = "), std::string::npos) << out;
+
+  r = run("predict --checkpoint " + (dir / "run1" / "final.pt").string() + " " +
+          (dir / "data" / "t10k-labels-idx1-ubyte.gz").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("t10k-labels-idx1-ubyte.gz: cannot decode image"), std::string::npos) << r.out;
+  r = run("data download mnits --dir " + (dir / "dl").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("did you mean 'mnist'"), std::string::npos) << r.out;
+}
+
+// docs/cli.md holds every command's --help exactly as the program prints it.
+TEST_F(CliTest, HelpMatchesTheDocs) {
+  const std::string doc = noprop::read_text_file(fs::path(NOPROP_SOURCE_DIR) / "docs" / "cli.md");
+  auto top = run("--help");
+  ASSERT_EQ(top.code, 0);
+  std::vector<std::string> commands{"", "data download", "data image"};
+  // Every subcommand the program lists has its section.
+  std::istringstream lines(top.out.substr(top.out.find("Subcommands:")));
+  std::string line;
+  std::getline(lines, line);
+  while (std::getline(lines, line) && !line.empty()) commands.push_back(line.substr(2, line.find(' ', 2) - 2));
+  EXPECT_GE(commands.size(), 11u);
+  for (const auto& cmd : commands) {
+    auto r = run(cmd + " --help");
+    ASSERT_EQ(r.code, 0) << cmd;
+    const std::string section = "## noprop" + (cmd.empty() ? "" : " " + cmd) + "\n\n```\n" + r.out + "```\n";
+    EXPECT_NE(doc.find(section), std::string::npos) << "docs/cli.md is out of date for 'noprop " << cmd
+                                                    << "' (run scripts/cli-doc.sh)";
+  }
 }

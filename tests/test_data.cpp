@@ -9,12 +9,7 @@ using namespace noprop::test;
 namespace fs = std::filesystem;
 
 namespace {
-class DataTest : public ::testing::Test {
- protected:
-  void SetUp() override { dir = temp_dir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
-  void TearDown() override { fs::remove_all(dir); }
-  fs::path dir;
-};
+class DataTest : public TempDirTest {};
 }  // namespace
 
 TEST_F(DataTest, ReadsIdxRawAndGzip) {

@@ -2,6 +2,7 @@
 // real file formats, so that tests never depend on downloaded data.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -35,6 +36,20 @@ inline std::filesystem::path temp_dir(const std::string& name) {
   std::filesystem::create_directories(dir);
   return dir;
 }
+
+// A fixture with a fresh temporary directory `dir` per test, named after the test and removed
+// afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    for (char& c : name)
+      if (c == '/') c = '-';  // parameterised tests
+    dir = temp_dir(name);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+  std::filesystem::path dir;
+};
 
 inline void write_bytes(const std::filesystem::path& p, const std::vector<uint8_t>& bytes, bool gz = false) {
   if (gz) {
@@ -88,6 +103,24 @@ inline void write_synthetic_mnist(const std::filesystem::path& dir, int n_train,
   };
   make(n_train, "train");
   make(n_test, "t10k");
+}
+
+// A run directory as training leaves it: config.yaml, the given metrics.csv, and summary.json
+// with `final_runs` as the final inference runs (none: an unfinished run, no summary).
+inline std::filesystem::path write_run(const std::filesystem::path& dir, const std::string& method,
+                                       const std::string& embedding, long long seed, const std::string& metrics_csv,
+                                       const std::vector<double>& final_runs) {
+  std::filesystem::create_directories(dir);
+  Config c;
+  c.method = method, c.embedding = embedding, c.seed = seed;
+  write_file_atomic(dir / "config.yaml", to_yaml(c));
+  write_file_atomic(dir / "metrics.csv", metrics_csv);
+  if (!final_runs.empty()) {
+    std::string runs;
+    for (double v : final_runs) runs += (runs.empty() ? "" : ", ") + std::to_string(v);
+    write_file_atomic(dir / "summary.json", "{\"test_accuracy_runs\": [" + runs + "], \"peak_rss_mb\": 321.4}\n");
+  }
+  return dir;
 }
 
 // A small, fast configuration for tests on the synthetic data.

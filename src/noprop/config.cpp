@@ -146,6 +146,7 @@ const std::vector<Key>& keys() {
       flag("detailed_logging", &Config::detailed_logging, "per-batch rows in batches.csv"),
       flag("save_best", &Config::save_best, "write best.pt"),
       flag("save_final", &Config::save_final, "write final.pt"),
+      flag("plot", &Config::plot, "write curves.png and curves.svg into the run directory at the end (gnuplot)"),
       text("device", &Config::device, {}, "cpu, cuda or cuda:N"),
       number("threads", &Config::threads, 0, 4096, "CPU threads (0: all cores)"),
   };

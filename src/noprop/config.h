@@ -64,6 +64,7 @@ struct Config {
   bool detailed_logging = false; // per-batch rows in batches.csv
   bool save_best = true;
   bool save_final = true;
+  bool plot = true;              // curves.png / curves.svg in the run directory at the end (gnuplot)
 
   // Runtime.
   std::string device = "cpu";  // cpu | cuda | cuda:N

@@ -134,6 +134,17 @@ DataInfo dataset_info(const std::string& name) {
   throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100)");
 }
 
+std::vector<std::string> class_names(const std::string& name) {
+  const auto info = dataset_info(name);
+  if (name == "fashion-mnist")
+    return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
+  if (name == "cifar10")
+    return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+  std::vector<std::string> out;
+  for (int i = 0; i < info.num_classes; ++i) out.push_back(std::to_string(i));
+  return out;
+}
+
 IdxImages read_idx_images(const fs::path& path) {
   auto bytes = read_maybe_gz(path);
   auto dims = idx_dims(bytes, path, 3);

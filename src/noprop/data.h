@@ -33,6 +33,10 @@ struct DataSplits {
 // Shape, class count and normalisation of a named data set; Error for unknown names.
 DataInfo dataset_info(const std::string& name);
 
+// Class names in label order ("0".."9" for MNIST, "airplane" ... for CIFAR-10; the indices for
+// CIFAR-100, whose 100 names the binary files do not carry).
+std::vector<std::string> class_names(const std::string& name);
+
 // Raw readers, exposed for tests and tools.
 struct IdxImages {
   int64_t count = 0, rows = 0, cols = 0;

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "noprop/checkpoint.h"
+#include "noprop/plot.h"
 #include "noprop/runtime.h"
 #include "noprop/util.h"
 
@@ -423,6 +424,15 @@ nlohmann::json train(const RunOptions& opt) {
       << " over " << final_eval.runs.size() << " inference run(s); best " << state.best_test_accuracy << "% (epoch "
       << state.best_epoch << "); " << dir.string() << "/summary.json";
   progress.line(msg.str());
+  if (cfg.plot) {
+    // A missing gnuplot must not fail a finished run: the figure can be drawn later (noprop plot).
+    try {
+      auto files = plot_run(read_run(dir), dir / "curves");
+      progress.line("figures " + files[0].string() + ", " + files[1].string());
+    } catch (const Error& e) {
+      progress.line(std::string("no figure: ") + e.what() + "; draw it later with: noprop plot " + dir.string());
+    }
+  }
   return summary;
 }
 
