@@ -300,6 +300,7 @@ TEST_F(DownloadTest, EveryMirrorBadIsOneLineWithManualSteps) {
   EXPECT_NE(msg.find("one.bin " + md5_hex(one) + ", two.bin " + md5_hex(two)), std::string::npos) << msg;
   EXPECT_NE(msg.find("and run the command again"), std::string::npos) << msg;
   EXPECT_EQ(files_under(dir), std::set<std::string>{});
+  EXPECT_FALSE(fs::exists(dir / "toy"));  // not even the empty folder
 }
 
 TEST_F(DownloadTest, PresentFileWithRightMd5IsKept) {

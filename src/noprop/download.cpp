@@ -381,6 +381,7 @@ fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const 
       sums.push_back(todo[j]->name + " " + todo[j]->md5);
     }
     const std::string& first = src.mirrors.empty() ? mirrors.front() : src.mirrors.front();
+    fs::remove(folder, ec);  // only if empty: a folder this call created and left nothing in
     throw Error("cannot download the " + src.dataset + " data set: " + join(failures, "; ") + "; download " +
                 join(names) + " by hand from " + first + " into " + folder.string() + " (MD5s: " + join(sums) +
                 ") and run the command again");
