@@ -3,11 +3,14 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
+#include <thread>
 #include <cstdio>
 #include <iostream>
 
 #include "noprop/checkpoint.h"
 #include "noprop/config.h"
+#include "noprop/distributed.h"
 #include "noprop/download.h"
 #include "noprop/image.h"
 #include "noprop/predict.h"
@@ -25,7 +28,7 @@ namespace {
 struct TrainArgs {
   std::string name, config_file, resume, out, data_dir, device, lr_text;
   std::vector<std::string> sets;
-  int epochs = 0, batch_size = 0, threads = -1;
+  int epochs = 0, batch_size = 0, threads = -1, workers = 1;
   long long seed = -1;
   double lr = 0;
 };
@@ -42,7 +45,20 @@ void apply_flags(Config& cfg, const TrainArgs& a) {
   for (const auto& s : a.sets) apply_override(cfg, s);
 }
 
-int run_train(const TrainArgs& a) {
+int run_train(const TrainArgs& a, int argc, char** argv) {
+  if (a.workers > 1) {
+    if (std::getenv("WORLD_SIZE")) throw Error("--workers starts its own workers; it cannot be used inside one (WORLD_SIZE is set)");
+    // The workers get this command line without --workers, and an equal share of the cores.
+    std::vector<std::string> args;
+    for (int i = 1; i < argc; ++i) {
+      std::string s = argv[i];
+      if (s == "--workers" || s == "--threads") ++i;
+      else if (s.rfind("--workers=", 0) != 0 && s.rfind("--threads=", 0) != 0) args.push_back(s);
+    }
+    const int cores = int(std::thread::hardware_concurrency());
+    const int threads = a.threads > 0 ? a.threads : std::max(1, cores / a.workers);
+    return launch_workers(a.workers, threads, args);
+  }
   RunOptions opt;
   if (!a.resume.empty()) {
     // A resumed run keeps its config; only the run length and runtime settings may change.
@@ -211,6 +227,11 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--device", ta.device, "cpu, cuda or cuda:N");
   train_cmd->add_option("--threads", ta.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
   train_cmd->add_option("--out", ta.out, "run directory (default runs/<timestamp>-<config>)");
+  train_cmd->add_option("--workers", ta.workers,
+                        "processes on this machine: NoProp-DT trains its blocks in parallel, the other methods split "
+                        "each batch (config key parallel); multi-machine runs set RANK, WORLD_SIZE, MASTER_ADDR, "
+                        "MASTER_PORT instead")
+      ->check(CLI::Range(1, 1024));
   train_cmd->add_option("--resume", ta.resume, "continue the run in DIR from its final.pt")->check(CLI::ExistingDirectory);
 
   EvalArgs ea;
@@ -308,7 +329,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (train_cmd->parsed()) return run_train(ta);
+    if (train_cmd->parsed()) return run_train(ta, argc, argv);
     if (eval_cmd->parsed()) return run_eval(ea);
     if (predict_cmd->parsed()) return run_predict(pa);
     if (image_cmd->parsed()) return run_data_image(ia);
@@ -351,7 +372,9 @@ int main(int argc, char** argv) {
       return 0;
     }
   } catch (const Interrupted& e) {
-    std::fprintf(stderr, "noprop: interrupted by %s\n", e.what());
+    // In a distributed run every worker stops alike; the lead says so.
+    if (const char* rank = std::getenv("RANK"); !rank || std::string(rank) == "0")
+      std::fprintf(stderr, "noprop: interrupted by %s\n", e.what());
     return 128 + e.signal;
   } catch (const Error& e) {
     std::fprintf(stderr, "noprop: error: %s\n", e.what());

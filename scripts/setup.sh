@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config zlib1g-dev libtorch-dev libyaml-cpp-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libopenblas0-openmp dataset-fashion-mnist
-          gnuplot-nox libstb-dev libcurl4-openssl-dev libssl-dev libarchive-dev)
+          gnuplot-nox libstb-dev libcurl4-openssl-dev libssl-dev libarchive-dev libgloo-dev)
 [ "${1:-}" = "--checks" ] && packages+=(clang libclang-rt-dev)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

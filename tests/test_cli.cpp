@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -323,4 +324,125 @@ TEST_F(CliTest, HelpMatchesTheDocs) {
     EXPECT_NE(doc.find(section), std::string::npos) << "docs/cli.md is out of date for 'noprop " << cmd
                                                     << "' (run scripts/cli-doc.sh)";
   }
+}
+
+namespace {
+// metrics.csv as rows of numbers, without the timing columns (the last three).
+std::vector<std::vector<double>> metrics_values(const fs::path& run) {
+  std::ifstream in(run / "metrics.csv");
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::vector<double>> rows;
+  while (std::getline(in, line)) {
+    std::vector<double> row;
+    std::stringstream ss(line);
+    for (std::string cell; std::getline(ss, cell, ',');) row.push_back(cell == "nan" ? NAN : std::stod(cell));
+    row.resize(row.size() - 3);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+void expect_close_rows(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b,
+                       double rel, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].size(), b[i].size()) << what;
+    for (std::size_t j = 0; j < a[i].size(); ++j) {
+      if (std::isnan(a[i][j]) && std::isnan(b[i][j])) continue;
+      EXPECT_NEAR(a[i][j], b[i][j], rel * std::max(1.0, std::abs(a[i][j]))) << what << " row " << i << " col " << j;
+    }
+  }
+}
+
+class DistributedTest : public CliTest {
+ protected:
+  void SetUp() override {
+    CliTest::SetUp();
+    write_synthetic_mnist(dir / "data", 384, 100);
+    std::ofstream cfg(dir / "tiny.yaml");
+    cfg << "# tiny\ndataset: mnist\narchitecture: seed\nnum_layers: 3\nbatch_size: 64\nepochs: 1\ninference_runs: 1\n"
+           "shared_update: per_batch\nplot: false\ndist_timeout: 60\n";
+  }
+  Result train(const std::string& out, const std::string& extra) {
+    return run("train --config " + (dir / "tiny.yaml").string() + " --threads 1 --data-dir " + (dir / "data").string() +
+               " --out " + (dir / out).string() + " " + extra);
+  }
+};
+}  // namespace
+
+// Block-parallel NoProp-DT over 2 and 3 processes takes the steps one process takes: the same
+// per-block losses, CE, KL and test accuracy (up to the order of the all-reduce's sums).
+TEST_F(DistributedTest, BlockParallelMatchesOneProcess) {
+  auto r = train("p1", "--epochs 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (int p : {2, 3}) {
+    const std::string out = "p" + std::to_string(p);
+    r = train(out, "--epochs 2 --workers " + std::to_string(p));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find(std::to_string(p) + " workers (block-parallel)"), std::string::npos) << r.out;
+    expect_close_rows(metrics_values(dir / "p1"), metrics_values(dir / out), 1e-4, out);
+    auto summary = nlohmann::json::parse(std::ifstream(dir / out / "summary.json"));
+    EXPECT_EQ(summary["workers"], p);
+    EXPECT_EQ(summary["test_accuracy"], nlohmann::json::parse(std::ifstream(dir / "p1" / "summary.json"))["test_accuracy"]);
+  }
+  // Resumed with another number of workers: still the one-process run.
+  r = train("q", "--epochs 1 --workers 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("train --resume " + (dir / "q").string() + " --epochs 2 --workers 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_close_rows(metrics_values(dir / "p1"), metrics_values(dir / "q"), 1e-4, "resumed");
+}
+
+// Data-parallel back-propagation: each rank takes half of every batch and the gradients are
+// averaged, so the run follows the one-process run closely (not exactly: dropout masks and
+// batch-norm statistics are per rank).
+TEST_F(DistributedTest, DataParallelFollowsOneProcess) {
+  auto r = train("b1", "--set method=backprop --epochs 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = train("b2", "--set method=backprop --epochs 3 --workers 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("2 workers (data-parallel)"), std::string::npos) << r.out;
+  auto one = metrics_values(dir / "b1"), two = metrics_values(dir / "b2");
+  ASSERT_EQ(one.size(), 3u);
+  ASSERT_EQ(two.size(), 3u);
+  for (std::size_t e = 0; e < 3; ++e) EXPECT_NEAR(one[e][1], two[e][1], 0.15 * one[e][1]) << "loss_ce, epoch " << e + 1;
+  const double a1 = nlohmann::json::parse(std::ifstream(dir / "b1" / "summary.json"))["test_accuracy"];
+  const double a2 = nlohmann::json::parse(std::ifstream(dir / "b2" / "summary.json"))["test_accuracy"];
+  EXPECT_NEAR(a1, a2, 15.0);
+}
+
+// A worker that dies mid-run stops the others, with a message naming it; nothing is saved.
+TEST_F(DistributedTest, DeadWorkerStopsTheRun) {
+  setenv("NOPROP_EXIT_AT_STEP", "3", 1);
+  auto r = train("dead", "--epochs 5 --workers 3");
+  unsetenv("NOPROP_EXIT_AT_STEP");
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_NE(r.out.find("worker 2 exited with code 3; stopping the other workers"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "dead" / "final.pt"));
+  EXPECT_FALSE(fs::exists(dir / "dead" / "metrics.csv"));
+}
+
+// Without the launcher, as on several machines: the torchrun variables make the processes one
+// run, and when one dies the survivor stops at its next collective with a one-line error.
+TEST_F(DistributedTest, TorchrunEnvironmentJoinsAndSurvivorStops) {
+  const std::string port = std::to_string(20000 + ::getpid() % 20000);
+  const std::string common = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " WORLD_SIZE=2 ";
+  const std::string args = " train --config " + (dir / "tiny.yaml").string() + " --threads 1 --data-dir " +
+                           (dir / "data").string() + " --out " + (dir / "env").string() + " --epochs 3";
+  const std::string script = "(" + common + "RANK=0 " + NOPROP_BINARY + args + " > " + (dir / "r0.log").string() +
+                             " 2>&1; echo rank0=$?) & (" + common + "RANK=1 NOPROP_EXIT_AT_STEP=4 " + NOPROP_BINARY +
+                             args + " > " + (dir / "r1.log").string() + " 2>&1; echo rank1=$?); wait";
+  FILE* p = popen(("sh -c '" + script + "'").c_str(), "r");
+  std::string out;
+  std::array<char, 256> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  pclose(p);
+  EXPECT_NE(out.find("rank0=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("rank1=3"), std::string::npos) << out;
+  const std::string log = noprop::read_text_file(dir / "r0.log");
+  EXPECT_NE(log.find("2 workers (block-parallel)"), std::string::npos) << log;
+  EXPECT_NE(log.find("noprop: error: distributed: rank 0: all-reduce failed (another worker stopped or timed out)"),
+            std::string::npos)
+      << log;
 }

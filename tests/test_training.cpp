@@ -19,6 +19,7 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
   apply_override(cfg, "method=" + GetParam().substr(0, GetParam().find('-')));
   if (GetParam().find("learned") != std::string::npos) cfg.embedding = "learned", cfg.embedding_dim = 16;
   if (GetParam().find("sequential") != std::string::npos) cfg.block_order = "sequential";
+  if (GetParam().find("per_batch") != std::string::npos) cfg.shared_update = "per_batch";
   cfg.epochs = 5;
   cfg.batch_size = 32;
   if (cfg.method == "ct" || cfg.method == "fm") cfg.inference_steps = 20, cfg.eta = 1.0;
@@ -38,5 +39,5 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, TrainingTest,
-                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential", "ct", "ct-learned", "fm",
+                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential", "dt-per_batch", "dt-learned-per_batch", "ct", "ct-learned", "fm",
                                            "fm-learned"));

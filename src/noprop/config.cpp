@@ -107,6 +107,8 @@ const std::vector<Key>& keys() {
       number("eta", &Config::eta, 0, kBig, "η, weight of the denoising loss (Eq. 8)"),
       text("block_order", &Config::block_order, {"interleaved", "sequential"},
            "NoProp-DT: every block every batch, or Algorithm 1's one block per pass"),
+      text("shared_update", &Config::shared_update, {"per_block", "per_batch"},
+           "NoProp-DT: head/embedding gradients taken after each block's step, or all at the batch's start (block-parallel runs)"),
       number("noise_schedule_min", &Config::noise_schedule_min, 1e-9, 0.5, "ᾱ_min of the cosine schedule"),
       number("noise_schedule_max", &Config::noise_schedule_max, 0.5, 1 - 1e-9, "ᾱ_max of the cosine schedule"),
       number("cosine_s", &Config::cosine_s, 0, 1, "offset s of the cosine schedule"),
@@ -149,6 +151,9 @@ const std::vector<Key>& keys() {
       flag("plot", &Config::plot, "write curves.png and curves.svg into the run directory at the end (gnuplot)"),
       text("device", &Config::device, {}, "cpu, cuda or cuda:N"),
       number("threads", &Config::threads, 0, 4096, "CPU threads (0: all cores)"),
+      text("parallel", &Config::parallel, {"block", "data"},
+           "distributed NoProp-DT: blocks spread over the ranks, or every batch split (others: data)"),
+      number("dist_timeout", &Config::dist_timeout, 1, 86400, "seconds a distributed collective may wait"),
   };
   return k;
 }

@@ -22,6 +22,11 @@ struct Config {
   int num_layers = 10;                       // T, the number of blocks
   double eta = 0.1;                          // η of Eq. 8
   std::string block_order = "interleaved";   // interleaved | sequential (Algorithm 1)
+  // NoProp-DT: the head and embeddings step after each block with a gradient taken after the
+  // previous block's step (per_block, Algorithm 1's order), or take the same T steps with
+  // gradients all taken at the batch's starting state (per_batch: what block-parallel runs do,
+  // so that blocks need nothing from each other within a batch) (ours).
+  std::string shared_update = "per_block";
   double noise_schedule_min = 1e-3;          // ᾱ_min
   double noise_schedule_max = 0.999;         // ᾱ_max
   double cosine_s = 0.008;                   // s of the cosine schedule
@@ -69,6 +74,10 @@ struct Config {
   // Runtime.
   std::string device = "cpu";  // cpu | cuda | cuda:N
   int threads = 0;             // 0: all cores
+  // Distributed runs (--workers, or RANK/WORLD_SIZE): NoProp-DT trains its blocks in parallel
+  // (block) or splits every batch (data); the other methods are always data-parallel.
+  std::string parallel = "block";
+  int dist_timeout = 300;      // seconds a collective may wait before the run stops
 };
 
 // Applies every key of a YAML mapping; `source` names the file (or "--set") in errors.

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "noprop/checkpoint.h"
+#include "noprop/distributed.h"
 #include "noprop/plot.h"
 #include "noprop/runtime.h"
 #include "noprop/util.h"
@@ -184,6 +185,13 @@ fs::path default_run_dir(const std::string& config_name) {
 nlohmann::json train(const RunOptions& opt) {
   Config cfg = opt.cfg;
   validate(cfg);
+  // Several processes: rank 0 (the lead) writes the run directory and prints; the others train.
+  auto dist = Distributed::from_environment(std::chrono::seconds(cfg.dist_timeout));
+  const bool lead = !dist || dist->lead();
+  const bool block_parallel = dist && cfg.method == "dt" && cfg.parallel == "block";
+  if (block_parallel) cfg.shared_update = "per_batch";  // recorded in config.yaml
+  // One GPU per local rank, as torchrun does.
+  if (dist && cfg.device == "cuda") cfg.device = "cuda:" + std::to_string(dist->local_rank());
   const int threads = configure_threads(cfg.threads);
   const torch::Device device = select_device(cfg.device);
   const fs::path dir = opt.out_dir;
@@ -200,15 +208,16 @@ nlohmann::json train(const RunOptions& opt) {
 
   torch::manual_seed(uint64_t(cfg.seed));
   auto method = make_method(cfg, data.info, &data.train, device);
-  check_free_space(dir, method->parameter_count());
+  if (lead) check_free_space(dir, method->parameter_count());
   if (opt.resume) {
     state = load_checkpoint(dir / "final.pt", *method, /*restore_rng=*/true);
   } else {
-    prepare_run_dir(dir);
+    if (lead) prepare_run_dir(dir);
     state.config_name = opt.config_name;
   }
+  method->set_distributed(dist.get());
   state.config_yaml = to_yaml(cfg);
-  write_file_atomic(dir / "config.yaml", state.config_yaml);
+  if (lead) write_file_atomic(dir / "config.yaml", state.config_yaml);
   // The training set lives on the device, except when augmentation (a CPU kernel) needs it.
   if (device.is_cuda() && !cfg.augment) {
     data.train.images = data.train.images.to(device), data.train.labels = data.train.labels.to(device);
@@ -230,10 +239,14 @@ nlohmann::json train(const RunOptions& opt) {
     if (cfg.detailed_logging) batches.load_existing(state.epoch + (state.in_epoch_batches >= 0 ? 1 : 0));
   }
 
-  Progress progress(opt.quiet, cfg.log_interval);
+  Progress progress(opt.quiet || !lead, cfg.log_interval);
   progress.line("run " + dir.string() + ": " + cfg.method + " on " + cfg.dataset + ", " +
                 std::to_string(method->parameter_count()) + " parameters, " + std::to_string(threads) +
-                " threads, device " + device.str() + (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) +
+                " threads, device " + device.str() +
+                (dist ? ", " + std::to_string(dist->world()) + " workers (" +
+                            (method->data_parallel() ? "data" : "block") + "-parallel)"
+                      : "") +
+                (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) +
                                  (state.in_epoch_batches >= 0 ? " and " + std::to_string(state.in_epoch_batches) +
                                                                     " batches of epoch " + std::to_string(state.epoch + 1)
                                                               : "")
@@ -243,6 +256,10 @@ nlohmann::json train(const RunOptions& opt) {
   // NaN (on_nonfinite); NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after step N (interruption).
   const int64_t inject_step = step_from_env("NOPROP_INJECT_NAN_AT_STEP");
   const int64_t interrupt_step = step_from_env("NOPROP_INTERRUPT_AT_STEP");
+  // NOPROP_EXIT_AT_STEP=N makes the last rank of a distributed run exit abruptly after step N.
+  const int64_t exit_step = dist && dist->rank() == dist->world() - 1 ? step_from_env("NOPROP_EXIT_AT_STEP") : -1;
+  // Data-parallel: this rank's rows of each batch.
+  const bool shard = dist && method->data_parallel();
   const int64_t n = data.train.size(), B = cfg.batch_size;
   const int64_t batches_per_pass = (n + B - 1) / B;
   const int passes = method->passes_per_epoch();
@@ -286,22 +303,30 @@ nlohmann::json train(const RunOptions& opt) {
       auto perm = resumed_pass ? state.permutation : torch::randperm(n, torch::kInt64);
       perm = perm.to(data.train.images.device());
       for (int64_t b = resumed_pass ? done - pass * batches_per_pass : 0; b < batches_per_pass; ++b) {
-        if (int sig = StopSignals::pending()) {
+        int sig = StopSignals::pending();
+        if (dist) sig = int(dist->max(sig));  // every rank stops at the same batch
+        if (sig) {
           // Save where this epoch stands and stop; --resume continues from this batch.
+          method->synchronise();
           state.in_epoch_batches = done, state.pass = pass, state.permutation = perm;
           state.samples = samples, state.skipped = skipped, state.train_seconds = seconds_before + seconds_since(t0);
           state.loss_sums = torch::full({int64_t(sums.size())}, NAN);
           state.loss_counts = torch::tensor(counts, torch::kInt64);
           for (std::size_t i = 0; i < sums.size(); ++i)
             if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
-          save_checkpoint(dir / "final.pt", *method, state);
-          if (cfg.detailed_logging) batches.flush();
+          if (lead) save_checkpoint(dir / "final.pt", *method, state);
+          if (lead && cfg.detailed_logging) batches.flush();
           throw interrupted(sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" +
                                      std::to_string(total), dir);
         }
         auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
         ++done;
-        if (idx.size(0) < 2) continue;  // batch norm needs two samples
+        const int64_t world = shard ? dist->world() : 1;
+        if (idx.size(0) < 2 * world) continue;  // batch norm needs two samples (per rank)
+        if (shard) {
+          const int64_t m = idx.size(0), r = dist->rank();
+          idx = idx.slice(0, r * m / world, (r + 1) * m / world);
+        }
         auto x = data.train.images.index_select(0, idx);
         auto y = data.train.labels.index_select(0, idx);
         if (cfg.augment) augment_batch(x, 4);
@@ -309,6 +334,7 @@ nlohmann::json train(const RunOptions& opt) {
         auto losses = method->train_step(x.to(device), y.to(device), pass);
         ++state.step;
         if (state.step == interrupt_step) std::raise(SIGINT);
+        if (state.step == exit_step) std::_Exit(3);
         if (auto bad = method->take_nonfinite(); !bad.empty()) {
           const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " +
                                     std::to_string(b + 1) + (passes > 1 ? " of pass " + std::to_string(pass + 1) : "");
@@ -318,7 +344,7 @@ nlohmann::json train(const RunOptions& opt) {
           if (skipped < 3) progress.line("warning: non-finite loss or gradient in " + where + ": update skipped");
           skipped += int64_t(bad.size());
         }
-        samples += idx.size(0);
+        samples += idx.size(0) * world;
         for (std::size_t i = 0; i < losses.size(); ++i) {
           if (!losses[i].defined()) continue;
           sums[i] = sums[i].defined() ? sums[i] + losses[i] : losses[i];
@@ -340,6 +366,14 @@ nlohmann::json train(const RunOptions& opt) {
     }
     const double train_s = seconds_before + seconds_since(t0);
     state.in_epoch_batches = -1;
+    method->synchronise();
+    if (shard) {
+      // Each rank averaged its own rows: the epoch's losses are the mean over the ranks.
+      for (std::size_t i = 0; i < sums.size(); ++i)
+        if (!sums[i].defined()) sums[i] = torch::zeros({}, device);
+      dist->allreduce_sum(sums);
+      for (auto& v : sums) v.div_(double(dist->world()));
+    }
     train_seconds_total += train_s;
     ++epochs_run;
 
@@ -356,14 +390,14 @@ nlohmann::json train(const RunOptions& opt) {
       row.push_back(counts[i] ? sums[i].item<double>() / double(counts[i]) : NAN);
     row.insert(row.end(), {double(skipped), last_eval_acc, train_acc, train_s, eval_s, double(samples) / train_s});
     metrics.add(row);
-    metrics.flush();
-    if (cfg.detailed_logging) batches.flush();
+    if (lead) metrics.flush();
+    if (lead && cfg.detailed_logging) batches.flush();
 
     state.epoch = epoch;
     bool improved = last_eval_acc > state.best_test_accuracy;
     if (improved) state.best_test_accuracy = last_eval_acc, state.best_epoch = epoch;
-    if (cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
-    if (cfg.save_best && improved) save_checkpoint(dir / "best.pt", *method, state);
+    if (lead && cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
+    if (lead && cfg.save_best && improved) save_checkpoint(dir / "best.pt", *method, state);
 
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
@@ -373,17 +407,24 @@ nlohmann::json train(const RunOptions& opt) {
         << " samples/s";
     progress.line(msg.str());
 
-    if (int sig = StopSignals::pending(); sig && epoch < cfg.epochs) {
-      if (!cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
+    int sig = StopSignals::pending();
+    // Ranks decide together: the lead's evaluation (data-parallel ranks differ in their
+    // batch-norm statistics) and any rank's signal.
+    bool reached = cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy;
+    if (dist) sig = int(dist->max(sig)), reached = dist->max(lead && reached) != 0;
+    if (sig && epoch < cfg.epochs) {
+      if (lead && !cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
       throw interrupted(sig, "the end of epoch " + std::to_string(epoch), dir);
     }
-    if (cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy) {
+    if (reached) {
       stop_reason = "early_stopping";
       progress.line("early stopping: test accuracy " + csv_number(last_eval_acc) + "% reached the target " +
                     csv_number(cfg.early_stopping_accuracy) + "%");
       break;
     }
   }
+
+  if (!lead) return nullptr;  // the lead evaluates and reports; the others are done
 
   // Final evaluation: several stochastic inference runs of the final model.
   const auto tf0 = Clock::now();
@@ -414,6 +455,7 @@ nlohmann::json train(const RunOptions& opt) {
       {"peak_rss_mb", peak_rss_mb()},
       {"parameters", method->parameter_count()},
       {"threads", threads},
+      {"workers", dist ? dist->world() : 1},
       {"device", device.str()},
       {"torch_version", torch_version()},
       {"steps", state.step},

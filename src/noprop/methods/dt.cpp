@@ -1,6 +1,10 @@
 #include "noprop/methods/dt.h"
 
 #include <cmath>
+#include <sstream>
+
+#include "noprop/distributed.h"
+#include "noprop/util.h"
 
 namespace noprop {
 
@@ -30,7 +34,29 @@ torch::Tensor DTMethod::block_loss(int t, const torch::Tensor& u_hat, const torc
   return weight * (u_hat - u_y).pow(2).sum(1).mean();
 }
 
+DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y) {
+  const int T = net_->T();
+  auto u_y = net_->embed->forward(y);
+  const double ab_prev = schedule_.alpha_bar(t - 1), ab_T = schedule_.alpha_bar(T);
+  auto z_prev = std::sqrt(ab_prev) * u_y + std::sqrt(1 - ab_prev) * torch::randn_like(u_y);
+  auto loss_t = block_loss(t, net_->denoise(t, x, z_prev), u_y);
+  // Shared terms of Algorithm 1: they train the head (and learned embeddings) only.
+  auto z_T = std::sqrt(ab_T) * u_y + std::sqrt(1 - ab_T) * torch::randn_like(u_y);
+  auto ce = torch::nll_loss(net_->head->log_prob(z_T, net_->embed->weight), y);
+  auto kl = net_->embed->kl(y, schedule_.alpha_bar(0));
+  auto total = loss_t + ce + kl;
+  block_opts_[t - 1]->zero_grad();
+  shared_opt_->zero_grad();
+  total.backward();
+  if (!clip_and_check({block_params_[t - 1], shared_params_}, cfg_.grad_clip_max_norm, total,
+                      "block " + std::to_string(t)))
+    return {};
+  block_opts_[t - 1]->step();
+  return {true, loss_t.detach(), ce.detach(), kl.detach()};
+}
+
 std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) {
+  if (cfg_.shared_update == "per_batch") return train_step_per_batch(x, y);
   const int T = net_->T();
   const int first = sequential_ ? pass + 1 : 1, last = sequential_ ? pass + 1 : T;
   // Blocks not trained in this step keep an undefined entry: the trainer averages each
@@ -40,29 +66,12 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   torch::Tensor ce_sum = zero, kl_sum = zero;
   int steps = 0;  // blocks actually updated (a non-finite step is skipped)
   for (int t = first; t <= last; ++t) {
-    auto u_y = net_->embed->forward(y);
-    const double ab_prev = schedule_.alpha_bar(t - 1), ab_T = schedule_.alpha_bar(T);
-    auto z_prev = std::sqrt(ab_prev) * u_y + std::sqrt(1 - ab_prev) * torch::randn_like(u_y);
-    auto u_hat = net_->denoise(t, x, z_prev);
-    auto loss_t = block_loss(t, u_hat, u_y);
-    // Shared terms of Algorithm 1: they train the head (and learned embeddings) only.
-    auto z_T = std::sqrt(ab_T) * u_y + std::sqrt(1 - ab_T) * torch::randn_like(u_y);
-    auto ce = torch::nll_loss(net_->head->log_prob(z_T, net_->embed->weight), y);
-    auto kl = net_->embed->kl(y, schedule_.alpha_bar(0));
-    auto total = loss_t + ce + kl;
-
-    block_opts_[t - 1]->zero_grad();
-    shared_opt_->zero_grad();
-    total.backward();
-    if (!clip_and_check({block_params_[t - 1], shared_params_}, cfg_.grad_clip_max_norm, total,
-                        "block " + std::to_string(t)))
-      continue;
-    block_opts_[t - 1]->step();
+    auto terms = step_block(t, x, y);
+    if (!terms.stepped) continue;
     shared_opt_->step();
-
-    out[t - 1] = loss_t.detach();
-    ce_sum = ce_sum + ce.detach();
-    kl_sum = kl_sum + kl.detach();
+    out[t - 1] = terms.loss;
+    ce_sum = ce_sum + terms.ce;
+    kl_sum = kl_sum + terms.kl;
     ++steps;
   }
   if (steps == 0) return out;
@@ -73,6 +82,98 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
     if (out[t - 1].defined()) total = total + out[t - 1];
   out[T + 2] = total;
   return out;
+}
+
+std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x, const torch::Tensor& y) {
+  const int T = net_->T();
+  std::vector<torch::Tensor> out(T + 3);
+  // One draw from the common generator state gives every block its own seed: block t sees the
+  // same noise and dropout masks whichever rank trains it.
+  const int64_t base = torch::randint(int64_t(1) << 62, {1}, torch::kInt64).item<int64_t>();
+  // What the ranks add up (each fills the rows of its blocks): every block's shared gradient
+  // (clipped per block, as in per_block mode), its loss and whether it stepped; the CE and KL sums.
+  int64_t shared_numel = 0;
+  for (const auto& p : shared_params_) shared_numel += p.numel();
+  auto grads = torch::zeros({T, shared_numel}, x.options().dtype(torch::kFloat32));
+  auto stats = torch::zeros({2 * T + 2}, x.options().dtype(torch::kFloat32));
+  for (int t = 1; t <= T; ++t) {
+    if (!owns(t)) continue;
+    torch::manual_seed(uint64_t(base + t));
+    auto terms = step_block(t, x, y);
+    if (!terms.stepped) continue;
+    int64_t at = 0;
+    for (const auto& p : shared_params_) {
+      if (p.grad().defined()) grads[t - 1].slice(0, at, at + p.numel()).copy_(p.grad().reshape({-1}));
+      at += p.numel();
+    }
+    stats[t - 1] = terms.loss;
+    stats[T + t - 1] = 1;
+    stats[2 * T] += terms.ce;
+    stats[2 * T + 1] += terms.kl;
+  }
+  torch::manual_seed(uint64_t(base));  // the same generator state on every rank from here on
+  if (dist_ && !data_parallel()) dist_->allreduce_sum({grads, stats});
+  const auto host = stats.to(torch::kCPU);
+  const auto* h = host.data_ptr<float>();
+  double stepped = 0;
+  // The head and embeddings then take one step per block, in block order, as in per_block mode,
+  // only with gradients taken at the state the batch started from.
+  for (int t = 1; t <= T; ++t) {
+    if (h[T + t - 1] == 0) continue;
+    int64_t at = 0;
+    for (auto& p : shared_params_) {
+      p.mutable_grad() = grads[t - 1].slice(0, at, at + p.numel()).view(p.sizes()).clone();
+      at += p.numel();
+    }
+    shared_opt_->step();
+    ++stepped;
+  }
+  if (stepped == 0) return out;
+  auto total = torch::zeros({}, x.options());
+  for (int t = 1; t <= T; ++t)
+    if (h[T + t - 1] > 0) out[t - 1] = stats[t - 1].detach().clone(), total = total + out[t - 1];
+  out[T] = stats[2 * T] / stepped;
+  out[T + 1] = stats[2 * T + 1] / stepped;
+  out[T + 2] = total + out[T] + out[T + 1];
+  return out;
+}
+
+bool DTMethod::owns(int t) const { return !dist_ || data_parallel() || (t - 1) % dist_->world() == dist_->rank(); }
+
+void DTMethod::set_distributed(Distributed* dist) {
+  dist_ = dist;
+  if (!dist || data_parallel()) return;
+  if (sequential_)
+    throw Error("config key 'block_order': block-parallel training needs interleaved (with sequential, one block "
+                "trains per pass); set parallel: data or block_order: interleaved");
+  if (cfg_.shared_update != "per_batch")
+    throw Error("config key 'shared_update': block-parallel training needs per_batch (every rank's blocks see the "
+                "same head and embeddings)");
+}
+
+void DTMethod::synchronise() {
+  if (!dist_ || data_parallel()) return;
+  // Each block, with its optimizer state, travels from the rank that trains it to all others.
+  for (int t = 1; t <= net_->T(); ++t) {
+    const int owner = (t - 1) % dist_->world();
+    std::string bytes;
+    if (owner == dist_->rank()) {
+      torch::serialize::OutputArchive ar;
+      save_module(ar, "block", *net_->block(t));
+      save_optimizer(ar, "optim", *block_opts_[t - 1]);
+      std::ostringstream os;
+      ar.save_to(os);
+      bytes = os.str();
+    }
+    dist_->broadcast_bytes(bytes, owner);
+    if (owner != dist_->rank()) {
+      torch::serialize::InputArchive ar;
+      std::istringstream is(bytes);
+      ar.load_from(is, net_->parameters().front().device());
+      load_module(ar, "block", *net_->block(t));
+      load_optimizer(ar, "optim", *block_opts_[t - 1]);
+    }
+  }
 }
 
 torch::Tensor DTMethod::inference_step(int t, const torch::Tensor& u_hat, const torch::Tensor& z_prev,

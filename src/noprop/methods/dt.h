@@ -29,6 +29,16 @@ class DTMethod : public Method {
   void load(torch::serialize::InputArchive& ar) override;
   std::vector<torch::Tensor> parameters() override { return net_->parameters(); }
 
+  // Block-parallel (parallel: block): rank r trains blocks t with (t − 1) mod P = r; the ranks
+  // then exchange each block's gradient of the head and embeddings, and every rank applies the
+  // T steps in block order (shared_update: per_batch). Noise and dropout of block t are drawn from a seed every rank derives alike,
+  // so a P-rank run takes the same steps as one process with shared_update: per_batch.
+  void set_distributed(Distributed* dist) override;
+  bool data_parallel() const override { return dist_ && cfg_.parallel == "data"; }
+  void synchronise() override;
+  // Whether this rank trains block t (always, in one process).
+  bool owns(int t) const;
+
   // The loss of block t for given û and u_y (exposed for tests).
   torch::Tensor block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const;
   // One step of Eq. 3: z_t = a_t û + b_t z_{t−1} + √c_t ε.
@@ -38,6 +48,16 @@ class DTMethod : public Method {
   NoPropNet net() { return net_; }
 
  private:
+  // Block t's loss plus the shared terms on a batch: backward, clip, check, and the block's own
+  // optimizer step. The shared gradients are left for the caller. stepped = false: skipped
+  // (non-finite), nothing changed.
+  struct BlockStep {
+    bool stepped = false;
+    torch::Tensor loss, ce, kl;
+  };
+  BlockStep step_block(int t, const torch::Tensor& x, const torch::Tensor& y);
+  std::vector<torch::Tensor> train_step_per_batch(const torch::Tensor& x, const torch::Tensor& y);
+
   Config cfg_;
   NoPropNet net_;
   CosineSchedule schedule_;

@@ -1,5 +1,7 @@
 #include "noprop/methods/method.h"
 
+#include "noprop/distributed.h"
+
 #include "noprop/methods/backprop.h"
 #include "noprop/methods/ct.h"
 #include "noprop/methods/dt.h"
@@ -76,7 +78,19 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
 
 bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
                             const torch::Tensor& loss, const std::string& part) {
-  std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat)};
+  std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat).clone()};
+  if (dist_ && data_parallel()) {
+    // Every rank steps with the mean gradient, and all skip together when any rank's loss or
+    // gradient is not finite (NaN and Inf survive the sum).
+    std::vector<torch::Tensor> all{checks[0]};
+    for (const auto& g : groups)
+      for (const auto& p : g) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        all.push_back(p.grad());
+      }
+    dist_->allreduce_sum(all);
+    for (auto& t : all) t.div_(double(dist_->world()));
+  }
   for (const auto& g : groups) checks.push_back(clip_grad_norm(g, max_norm).reshape({1}).to(loss.device(), torch::kFloat));
   if (torch::isfinite(torch::cat(checks)).all().item<bool>()) return true;
   for (const auto& g : groups)

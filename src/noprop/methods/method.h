@@ -18,6 +18,8 @@
 
 namespace noprop {
 
+class Distributed;
+
 // Blocks, embedding and head, registered under one root so that one Module::save covers them.
 // The discrete-time methods have T blocks; the continuous-time ones (ct, fm) have no discrete
 // blocks and one time-conditioned network `cblock` instead.
@@ -75,12 +77,25 @@ class Method {
   // undefined in train_step's result and its weights and optimizer state are untouched.
   std::vector<std::string> take_nonfinite() { return std::exchange(nonfinite_, {}); }
 
+  // Training across processes (distributed.h), called once before training; nullptr: one
+  // process. By default a method is data-parallel: every rank trains on its share of each
+  // batch and clip_and_check averages the gradients, so all ranks take the same steps.
+  // NoProp-DT overrides it to train blocks in parallel instead.
+  virtual void set_distributed(Distributed* dist) { dist_ = dist; }
+  // Whether the trainer gives this rank only its share of each batch.
+  virtual bool data_parallel() const { return dist_ != nullptr; }
+  // Makes every rank's copy complete and identical (parameters, buffers, optimizer states)
+  // before evaluation and checkpoints; a collective, called on every rank.
+  virtual void synchronise() {}
+
  protected:
   // After backward(): clips each group's gradients (grad_clip_max_norm) and checks the loss
   // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
   // gradients, records `part` and returns false: the caller must not step.
   bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
                       const torch::Tensor& loss, const std::string& part);
+
+  Distributed* dist_ = nullptr;
 
  private:
   std::vector<std::string> nonfinite_;
