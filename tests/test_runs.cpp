@@ -93,7 +93,9 @@ TEST_F(RunsTest, ReportPoolsSeedsAndInferenceRunsLikeTableOne) {
                        "| NoProp-DT one-hot / dim=20 | 97.50 ± 1.29 / 95.50 ± 0.00 |\n"),
             std::string::npos)
       << table;
-  EXPECT_NE(table.find("- NoProp-DT one-hot, MNIST: 2 run(s) (seed 1, 2), 4 values: dt1, dt2"), std::string::npos)
+  EXPECT_NE(table.find("- NoProp-DT one-hot, MNIST: 2 run(s) (seed 1, 2), 4 values: dt1, dt2; epochs 3, paper "
+                       "architecture\n"),
+            std::string::npos)
       << table;
   EXPECT_NE(table.find("Left out (no summary.json: unfinished): open"), std::string::npos) << table;
 }

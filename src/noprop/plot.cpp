@@ -64,6 +64,13 @@ std::string time_axis(const std::vector<RunRecord>& runs) {
 
 double time_scale(const std::string& unit) { return unit == "hours" ? 3600 : unit == "minutes" ? 60 : 1; }
 
+// Whole-epoch ticks unless there are too many epochs for them.
+std::string epoch_ticks(const std::vector<RunRecord>& runs) {
+  std::size_t most = 0;
+  for (const auto& r : runs) most = std::max(most, r.rows.size());
+  return most <= 20 ? "set xtics 1\n" : "set xtics autofreq\n";
+}
+
 // Runs gnuplot on `script` in `work`, then renames work/out.{png,svg} to PREFIX.{png,svg}.
 std::vector<fs::path> render(const fs::path& work, const std::string& body, const fs::path& prefix, int rows) {
   const int w = 1200, h = 450 * rows;
@@ -158,12 +165,14 @@ std::vector<fs::path> plot_run(const RunRecord& run, const fs::path& prefix) {
   for (const char* x : {"epoch", "time"}) {
     const bool ep = std::string(x) == "epoch";
     const std::string xs = ep ? "1" : "($2/" + scale + ")", xl = ep ? "epoch" : "wall-clock " + unit;
+    body += std::string(ep ? epoch_ticks({run}) : "set xtics autofreq\n");
     body += "unset logscale y\nset xlabel " + quote(xl) + "\nset ylabel 'test accuracy (%)'\nplot " + d + " using " +
             xs + ":3 with linespoints pt 7 ps 0.6 title 'test accuracy'\n";
   }
   for (const char* x : {"epoch", "time"}) {
     const bool ep = std::string(x) == "epoch";
     const std::string xs = ep ? "1" : "($2/" + scale + ")", xl = ep ? "epoch" : "wall-clock " + unit;
+    body += std::string(ep ? epoch_ticks({run}) : "set xtics autofreq\n");
     body += "set logscale y\nset key outside right\nset xlabel " + quote(xl) + "\nset ylabel 'training loss'\nplot ";
     for (std::size_t i = 0; i < losses.size(); ++i)
       body += std::string(i ? ", " : "") + d + " using " + xs + ":" + std::to_string(4 + i) +
@@ -185,9 +194,10 @@ std::vector<fs::path> plot_comparison(const std::vector<RunRecord>& runs, const 
     write_file_atomic(data, run_table(runs[i], {}));
     files.push_back(quote(data.string()));
   }
-  std::string body = "set multiplot layout 1,2 title 'test accuracy'\nset grid\nset key bottom right\n";
+  std::string body = "set multiplot layout 1,2 title 'test accuracy'\nset grid\nset key below\n";
   for (const char* x : {"epoch", "time"}) {
     const bool ep = std::string(x) == "epoch";
+    body += std::string(ep ? epoch_ticks(runs) : "set xtics autofreq\n");
     body += "set xlabel " + quote(ep ? "epoch" : "wall-clock " + unit) + "\nset ylabel 'test accuracy (%)'\nplot ";
     for (std::size_t i = 0; i < runs.size(); ++i)
       body += std::string(i ? ", " : "") + files[i] + " using " + (ep ? "1" : "($2/" + scale + ")") +

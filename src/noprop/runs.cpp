@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "noprop/util.h"
@@ -212,6 +213,7 @@ std::string report_table(const std::vector<RunRecord>& runs) {
     std::vector<double> values;
     std::vector<std::string> runs;
     std::vector<long long> seeds;
+    std::set<std::string> epochs, architectures;  // pooled runs should agree on these
   };
   std::map<std::tuple<std::string, std::string, std::string>, Cell> cells;  // method, embedding, data set
   std::vector<std::string> skipped;
@@ -224,6 +226,8 @@ std::string report_table(const std::vector<RunRecord>& runs) {
     for (double v : final_accuracies(r)) c.values.push_back(v);
     c.runs.push_back(r.name);
     c.seeds.push_back(r.cfg.seed);
+    c.epochs.insert(std::to_string(r.rows.size()));
+    c.architectures.insert(r.cfg.architecture);
   }
   auto order = [](const std::vector<std::string>& known, const std::vector<std::string>& seen) {
     std::vector<std::string> out;
@@ -267,7 +271,9 @@ std::string report_table(const std::vector<RunRecord>& runs) {
     for (auto s : c.seeds) seeds.push_back(std::to_string(s));
     out << "- " << std::get<0>(key) << " " << std::get<1>(key) << ", " << dataset_label(std::get<2>(key)) << ": "
         << c.runs.size() << " run(s) (seed " << join(seeds) << "), " << c.values.size() << " values: "
-        << join(c.runs) << "\n";
+        << join(c.runs) << "; epochs " << join({c.epochs.begin(), c.epochs.end()}, " / ") << ", "
+        << join({c.architectures.begin(), c.architectures.end()}, " / ") << " architecture"
+        << (c.epochs.size() > 1 || c.architectures.size() > 1 ? " (runs that differ are pooled)" : "") << "\n";
   }
   if (!skipped.empty()) out << "\nLeft out (no summary.json: unfinished): " << join(skipped) << "\n";
   return out.str();
