@@ -336,7 +336,7 @@ int main(int argc, char** argv) {
     if (download_cmd->parsed()) {
       DownloadOptions opt;
       opt.progress = !dl_quiet;
-      for (auto m : dl_mirrors) opt.extra_mirrors.push_back(m.ends_with('/') ? m : m + "/");
+      for (auto m : dl_mirrors) opt.extra_mirrors.push_back(!m.empty() && m.back() == '/' ? m : m + "/");
       auto where = download_dataset(download_source(dl_name), dl_dir, opt);
       locate_dataset(dl_name, where);  // the readers find what was unpacked
       std::printf("%s: %s\n", dl_name.c_str(), where.c_str());
