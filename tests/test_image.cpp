@@ -85,4 +85,8 @@ TEST_F(ImageTest, NonImagesAreNamedErrors) {
   EXPECT_NE(error_of([&] { read_image(dir / "cut.png", info); }).find("cut.png: cannot decode image"),
             std::string::npos);
   EXPECT_NE(error_of([&] { read_image(dir / "none.png", info); }).find("none.png: cannot open"), std::string::npos);
+  // A fuzzer's find: a PGM that stb decodes to 4×0 pixels, which LibTorch cannot resize.
+  write_file_atomic(dir / "odd.pgm", std::string("P5\n4 \0\x13\n622", 11) + std::string(8, '\xff'));
+  EXPECT_NE(error_of([&] { read_image(dir / "odd.pgm", info); }).find("odd.pgm: image has no pixels"),
+            std::string::npos);
 }

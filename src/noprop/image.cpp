@@ -29,6 +29,7 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
       stbi_load_from_memory(data, int(bytes.size()), &w, &h, &n, info.channels),
       &stbi_image_free);
   if (!pixels) throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
+  if (w <= 0 || h <= 0) throw Error(file.string() + ": image has no pixels");
   const int c = info.channels;
   // HWC bytes → 1×C×H×W floats, resized, rounded back to bytes as the data sets store them.
   auto img = torch::from_blob(pixels.get(), {h, w, c}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).unsqueeze(0);
@@ -36,7 +37,13 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
     namespace F = torch::nn::functional;
     const bool shrink = h >= info.height && w >= info.width;
     auto opt = F::InterpolateFuncOptions().size(std::vector<int64_t>{info.height, info.width});
-    img = F::interpolate(img, shrink ? opt.mode(torch::kArea) : opt.mode(torch::kBilinear).align_corners(false));
+    try {
+      img = F::interpolate(img, shrink ? opt.mode(torch::kArea) : opt.mode(torch::kBilinear).align_corners(false));
+    } catch (const c10::Error& e) {
+      const std::string what = e.what_without_backtrace();
+      throw Error(file.string() + ": cannot resize the " + std::to_string(w) + "x" + std::to_string(h) + " image: " +
+                  what.substr(0, what.find('\n')));
+    }
   }
   img = img.round().clamp(0, 255);
   if (invert) img = 255 - img;
