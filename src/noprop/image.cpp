@@ -16,11 +16,21 @@ constexpr int64_t kMaxImagePixels = int64_t(1) << 26;  // 8192 × 8192
 
 std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool invert) {
   std::string bytes = read_text_file(file);
+  // Only the formats documented (stb also decodes GIF, TGA, PSD, HDR and PIC: less exposure).
+  auto starts = [&](const char* magic, std::size_t n) { return bytes.size() >= n && bytes.compare(0, n, magic, n) == 0; };
+  const bool pnm = starts("P5", 2) || starts("P6", 2);
+  if (!(starts("\x89PNG", 4) || pnm || starts("\xFF\xD8", 2) || starts("BM", 2)))
+    throw Error(file.string() + ": cannot decode image: not a PNG, binary PGM/PPM, JPEG or BMP file");
   int w = 0, h = 0, n = 0;
   // Refuse absurd sizes from the header before stb allocates for them.
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   if (!stbi_info_from_memory(data, int(bytes.size()), &w, &h, &n))
     throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
+  // PGM/PPM pixels are stored raw: stb reads past the end of a file shorter than its header says.
+  const int sample = pnm && stbi_is_16_bit_from_memory(data, int(bytes.size())) ? 2 : 1;
+  if (pnm && int64_t(bytes.size()) < int64_t(w) * h * n * sample)
+    throw Error(file.string() + ": truncated: the header claims " + std::to_string(w) + "x" + std::to_string(h) +
+                " pixels, the file has " + std::to_string(bytes.size()) + " bytes");
   if (int64_t(w) * h > kMaxImagePixels)
     throw Error(file.string() + ": image is " + std::to_string(w) + "x" + std::to_string(h) + ", larger than " +
                 std::to_string(kMaxImagePixels) + " pixels");
