@@ -1,6 +1,6 @@
-// Image files in and out, for `noprop predict` and `noprop data image`: decoding through
-// stb_image (Debian's libstb: PNG, binary PGM/PPM, JPEG, BMP, GIF, TGA), conversion to a data
-// set's channels and size, and PNG output of data-set images.
+// Image files in and out, for `noprop predict` and `noprop data image`: PNG, binary PGM/PPM,
+// JPEG and BMP decoded by stb_image (Debian's libstb; its other decoders are not exposed),
+// conversion to a data set's channels and size, and PNG output of data-set images.
 #pragma once
 
 #include <cstdint>
