@@ -25,8 +25,8 @@ struct Result {
   std::string out;
 };
 
-Result run(const std::string& args) {
-  std::string cmd = std::string(NOPROP_BINARY) + " " + args + " 2>&1";
+// Runs a shell command and captures its output (stdout and whatever it redirects there).
+Result shell(const std::string& cmd) {
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf;
@@ -34,6 +34,8 @@ Result run(const std::string& args) {
   int status = pclose(p);
   return {WEXITSTATUS(status), out};
 }
+
+Result run(const std::string& args) { return shell(std::string(NOPROP_BINARY) + " " + args + " 2>&1"); }
 
 class CliTest : public TempDirTest {};
 }  // namespace
@@ -286,14 +288,10 @@ TEST_F(CliTest, ToolsOnRealRuns) {
   EXPECT_EQ(cls, expected.argmax().item<int64_t>());
 
   // The embedding example agrees.
-  FILE* p = popen((std::string(NOPROP_EXAMPLE_CLASSIFY) + " " + (dir / "run1" / "final.pt").string() + " " +
-                   (dir / "digit.png").string() + " 2>&1")
-                      .c_str(),
-                  "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  auto ex = shell(std::string(NOPROP_EXAMPLE_CLASSIFY) + " " + (dir / "run1" / "final.pt").string() + " " +
+                  (dir / "digit.png").string() + " 2>&1");
+  EXPECT_EQ(ex.code, 0) << ex.out;
+  const std::string& out = ex.out;
   EXPECT_NE(out.find("class " + std::to_string(cls) + " (p = "), std::string::npos) << out;
 
   r = run("predict --checkpoint " + (dir / "run1" / "final.pt").string() + " " +
@@ -433,11 +431,7 @@ TEST_F(DistributedTest, TorchrunEnvironmentJoinsAndSurvivorStops) {
   const std::string script = "(" + common + "RANK=0 " + NOPROP_BINARY + args + " > " + (dir / "r0.log").string() +
                              " 2>&1; echo rank0=$?) & (" + common + "RANK=1 NOPROP_EXIT_AT_STEP=4 " + NOPROP_BINARY +
                              args + " > " + (dir / "r1.log").string() + " 2>&1; echo rank1=$?); wait";
-  FILE* p = popen(("sh -c '" + script + "'").c_str(), "r");
-  std::string out;
-  std::array<char, 256> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  pclose(p);
+  const std::string out = shell("sh -c '" + script + "'").out;
   EXPECT_NE(out.find("rank0=1"), std::string::npos) << out;
   EXPECT_NE(out.find("rank1=3"), std::string::npos) << out;
   const std::string log = noprop::read_text_file(dir / "r0.log");

@@ -71,6 +71,16 @@ std::string epoch_ticks(const std::vector<RunRecord>& runs) {
   return most <= 20 ? "set xtics 1\n" : "set xtics autofreq\n";
 }
 
+// The two x axes of every figure: epoch (column 1) and wall-clock time (column 2, in `unit`).
+struct XAxis {
+  std::string column, label, ticks;
+};
+std::vector<XAxis> x_axes(const std::vector<RunRecord>& runs) {
+  const std::string unit = time_axis(runs);
+  return {{"1", "epoch", epoch_ticks(runs)},
+          {"($2/" + cell(time_scale(unit)) + ")", "wall-clock " + unit, "set xtics autofreq\n"}};
+}
+
 // Runs gnuplot on `script` in `work`, then renames work/out.{png,svg} to PREFIX.{png,svg}.
 std::vector<fs::path> render(const fs::path& work, const std::string& body, const fs::path& prefix, int rows) {
   const int w = 1200, h = 450 * rows;
@@ -160,22 +170,17 @@ std::vector<fs::path> plot_run(const RunRecord& run, const fs::path& prefix) {
   const auto losses = run.loss_columns();
   const fs::path data = work.path / "run.dat";
   write_file_atomic(data, run_table(run, losses));
-  const std::string unit = time_axis({run}), scale = cell(time_scale(unit)), d = quote(data.string());
+  const std::string d = quote(data.string());
   std::string body = "set multiplot layout 2,2 title " + quote(title(run)) + "\nset grid\nset key bottom right\n";
-  for (const char* x : {"epoch", "time"}) {
-    const bool ep = std::string(x) == "epoch";
-    const std::string xs = ep ? "1" : "($2/" + scale + ")", xl = ep ? "epoch" : "wall-clock " + unit;
-    body += std::string(ep ? epoch_ticks({run}) : "set xtics autofreq\n");
-    body += "unset logscale y\nset xlabel " + quote(xl) + "\nset ylabel 'test accuracy (%)'\nplot " + d + " using " +
-            xs + ":3 with linespoints pt 7 ps 0.6 title 'test accuracy'\n";
-  }
-  for (const char* x : {"epoch", "time"}) {
-    const bool ep = std::string(x) == "epoch";
-    const std::string xs = ep ? "1" : "($2/" + scale + ")", xl = ep ? "epoch" : "wall-clock " + unit;
-    body += std::string(ep ? epoch_ticks({run}) : "set xtics autofreq\n");
-    body += "set logscale y\nset key outside right\nset xlabel " + quote(xl) + "\nset ylabel 'training loss'\nplot ";
+  const auto axes = x_axes({run});
+  for (const auto& x : axes)
+    body += x.ticks + "unset logscale y\nset xlabel " + quote(x.label) + "\nset ylabel 'test accuracy (%)'\nplot " + d +
+            " using " + x.column + ":3 with linespoints pt 7 ps 0.6 title 'test accuracy'\n";
+  for (const auto& x : axes) {
+    body += x.ticks + "set logscale y\nset key outside right\nset xlabel " + quote(x.label) +
+            "\nset ylabel 'training loss'\nplot ";
     for (std::size_t i = 0; i < losses.size(); ++i)
-      body += std::string(i ? ", " : "") + d + " using " + xs + ":" + std::to_string(4 + i) +
+      body += std::string(i ? ", " : "") + d + " using " + x.column + ":" + std::to_string(4 + i) +
               " with linespoints pt 7 ps 0.4 title " + quote(losses[i].substr(5));
     if (losses.empty()) body += "NaN notitle";
     body += "\nset key bottom right\n";
@@ -187,7 +192,6 @@ std::vector<fs::path> plot_run(const RunRecord& run, const fs::path& prefix) {
 std::vector<fs::path> plot_comparison(const std::vector<RunRecord>& runs, const fs::path& prefix) {
   check_prefix(prefix);
   WorkDir work;
-  const std::string unit = time_axis(runs), scale = cell(time_scale(unit));
   std::vector<std::string> files;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const fs::path data = work.path / ("run" + std::to_string(i) + ".dat");
@@ -195,13 +199,10 @@ std::vector<fs::path> plot_comparison(const std::vector<RunRecord>& runs, const 
     files.push_back(quote(data.string()));
   }
   std::string body = "set multiplot layout 1,2 title 'test accuracy'\nset grid\nset key below\n";
-  for (const char* x : {"epoch", "time"}) {
-    const bool ep = std::string(x) == "epoch";
-    body += std::string(ep ? epoch_ticks(runs) : "set xtics autofreq\n");
-    body += "set xlabel " + quote(ep ? "epoch" : "wall-clock " + unit) + "\nset ylabel 'test accuracy (%)'\nplot ";
+  for (const auto& x : x_axes(runs)) {
+    body += x.ticks + "set xlabel " + quote(x.label) + "\nset ylabel 'test accuracy (%)'\nplot ";
     for (std::size_t i = 0; i < runs.size(); ++i)
-      body += std::string(i ? ", " : "") + files[i] + " using " + (ep ? "1" : "($2/" + scale + ")") +
-              ":3 with linespoints pt 7 ps 0.5 title " +
+      body += std::string(i ? ", " : "") + files[i] + " using " + x.column + ":3 with linespoints pt 7 ps 0.5 title " +
               quote(runs[i].name + " (" + runs[i].method_label() + " " + runs[i].embedding_label() + ")");
     body += "\n";
   }
