@@ -4,6 +4,10 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <string>
 
 #include <thread>
 
@@ -28,8 +32,28 @@ void init_process(int argc, char** argv) {
   if (!std::getenv("NOPROP_KEEP_DENORMALS")) at::globalContext().setFlushDenormal(true);
 }
 
+namespace {
+// Debian's LibTorch links libblas.so.3 and libopenblas.so.0; when the latter is OpenBLAS's
+// pthread build, its thread pool fights LibTorch's OpenMP threads (measured: a 2-thread step
+// 0.80 s instead of 0.36 s, and OPENBLAS_NUM_THREADS=1 does not help). Said once, on stderr.
+void warn_about_pthread_openblas() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto at = line.find("openblas-pthread/");
+    if (at == std::string::npos) continue;
+    std::cerr << "noprop: warning: OpenBLAS's pthread build is loaded (" << line.substr(line.find('/'))
+              << ") beside LibTorch's OpenMP threads, which makes multi-threaded steps 2x slower; "
+                 "run scripts/setup.sh (it points libopenblas.so.0 at the openblas-openmp build)\n";
+    return;
+  }
+}
+}  // namespace
+
 int configure_threads(int requested) {
   int n = requested > 0 ? requested : int(std::max(1u, std::thread::hardware_concurrency()));
+  static std::once_flag warned;
+  if (n > 1) std::call_once(warned, warn_about_pthread_openblas);
   torch::set_num_threads(n);
   return torch::get_num_threads();
 }
