@@ -79,6 +79,12 @@ TEST(Config, ValidateRelations) {
   EXPECT_NO_THROW(validate(c));
   c.device = "tpu";
   EXPECT_NE(error_of([&] { validate(c); }).find("'device'"), std::string::npos);
+  c = Config{};
+  apply_override(c, "concurrent_blocks=2");
+  EXPECT_NO_THROW(validate(c));
+  apply_override(c, "kernels=torch");
+  EXPECT_NE(error_of([&] { validate(c); }).find("'concurrent_blocks'"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(c, "kernels=fast"); }).find("kernels"), std::string::npos);
 }
 
 TEST(Config, RoundTripsThroughYaml) {

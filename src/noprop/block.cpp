@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "noprop/kernels.h"
+
 namespace noprop {
 namespace nn = torch::nn;
 
@@ -45,6 +47,38 @@ nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm) {
   return s;
 }
 
+torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, bool fused) {
+  if (!fused) return path->forward(x);
+  const size_t n = path->size();
+  auto is = [&](size_t i, auto* type) {
+    using M = std::remove_pointer_t<decltype(type)>;
+    return i < n && (path->begin() + i)->ptr()->as<M>() != nullptr;
+  };
+  auto dropout_p = [&](size_t i) {
+    const auto& d = *path->ptr<nn::DropoutImpl>(i);
+    return d.is_training() ? d.options.p() : 0.0;
+  };
+  const nn::ReLUImpl* relu = nullptr;
+  const nn::MaxPool2dImpl* pool = nullptr;
+  const nn::DropoutImpl* dropout = nullptr;
+  torch::Tensor h = x;
+  for (size_t i = 0; i < n;) {
+    if (is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
+        *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&
+        *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.stride() == *torch::ExpandingArray<2>(2)) {
+      h = kernels::relu_pool_dropout(h, dropout_p(i + 2));
+      i += 3;
+    } else if (is(i, relu) && is(i + 1, dropout)) {
+      h = kernels::relu_dropout(h, dropout_p(i + 1));
+      i += 2;
+    } else {
+      h = (path->begin() + i)->forward(h);
+      ++i;
+    }
+  }
+  return h;
+}
+
 DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
   TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed",
               "unknown block architecture '", opt.architecture, "'");
@@ -65,10 +99,10 @@ DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
 }
 
 torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
-  auto img = image_path->forward(x);
+  auto img = conv_path_forward(image_path, x, options.fused_kernels);
   torch::Tensor lab;
   if (options.label_is_image) {
-    lab = label_conv->forward(z.view({z.size(0), options.channels, options.height, options.width}));
+    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options.fused_kernels);
   } else {
     auto h = label_in->forward(z);
     lab = label_res->forward(h) + h;
@@ -99,13 +133,14 @@ ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt)
 
 torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
   // fused_in(concat(img, lab, time)) = img·W_imgᵀ + b + lab·W_labᵀ + time·W_timeᵀ.
-  return torch::addmm(fused_in->bias, image_path->forward(x), fused_in->weight.slice(1, 0, kFeatures).t());
+  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options.fused_kernels), fused_in->weight.slice(1, 0, kFeatures).t());
 }
 
 torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
                                                     const torch::Tensor& t) {
   auto lab = options.label_is_image
-                 ? label_conv->forward(z.view({z.size(0), options.channels, options.height, options.width}))
+                 ? conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}),
+                                     options.fused_kernels)
                  : label_in->forward(z);
   auto tim = time_in->forward(time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim));
   const auto& w = fused_in->weight;

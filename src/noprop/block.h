@@ -28,11 +28,17 @@ struct BlockOptions {
   int num_classes = 10;   // m, the size of the logits
   double dropout = 0.2;
   bool label_is_image = false;  // prototype embeddings: z has the image's shape
+  // ReLU → max-pool → dropout (and ReLU → dropout) in one pass each on CPU float32 (kernels.h);
+  // false: LibTorch's separate ops, the reference.
+  bool fused_kernels = true;
 };
 
 // Conv feature extractor ending in FC 256 → BN (or FC 256 → ReLU without batch norm for the
 // continuous-time model); shared by the image path and the prototype label path.
 torch::nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm = true);
+// Runs a conv path. With `fused`, each ReLU → MaxPool2d → Dropout (or ReLU → Dropout) run of
+// modules goes through one fused kernel instead; the parameters are the same either way.
+torch::Tensor conv_path_forward(torch::nn::Sequential& path, const torch::Tensor& x, bool fused);
 
 struct DenoiseBlockImpl : torch::nn::Module {
   explicit DenoiseBlockImpl(const BlockOptions& opt);

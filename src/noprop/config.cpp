@@ -151,6 +151,10 @@ const std::vector<Key>& keys() {
       flag("plot", &Config::plot, "write curves.png and curves.svg into the run directory at the end (gnuplot)"),
       text("device", &Config::device, {}, "cpu, cuda or cuda:N"),
       number("threads", &Config::threads, 0, 4096, "CPU threads (0: all cores)"),
+      text("kernels", &Config::kernels, {"fused", "torch"},
+           "CPU: fused ReLU-pool-dropout kernels, or LibTorch's separate ops (the reference)"),
+      number("concurrent_blocks", &Config::concurrent_blocks, 0, 4096,
+             "NoProp-DT on CPU: blocks trained at once, one per thread (0: as many as threads; 1: one after another)"),
       text("parallel", &Config::parallel, {"block", "data"},
            "distributed NoProp-DT: blocks spread over the ranks, or every batch split (others: data)"),
       number("dist_timeout", &Config::dist_timeout, 1, 86400, "seconds a distributed collective may wait"),
@@ -228,6 +232,9 @@ void validate(const Config& cfg) {
   bool cuda = cfg.device == "cuda" || cfg.device.rfind("cuda:", 0) == 0;
   if (!cpu && !cuda)
     throw Error("config key 'device': '" + cfg.device + "' is not cpu, cuda or cuda:N");
+  if (cfg.concurrent_blocks > 1 && cfg.kernels != "fused")
+    throw Error("config key 'concurrent_blocks': concurrent blocks need kernels: fused (LibTorch's dropout draws "
+                "from one shared generator, so masks would depend on thread timing)");
 }
 
 Config load_config_file(const std::filesystem::path& path) {

@@ -74,6 +74,14 @@ struct Config {
   // Runtime.
   std::string device = "cpu";  // cpu | cuda | cuda:N
   int threads = 0;             // 0: all cores
+  // CPU, float32: the element-wise tail of each convolution (ReLU → max-pool → dropout) runs
+  // as one fused kernel (fused), or as LibTorch's separate ops (torch, the reference) (ours).
+  std::string kernels = "fused";
+  // NoProp-DT on CPU: blocks trained at once, each on one thread with single-threaded ops
+  // (0: one per thread; 1: one after another, every op using all threads). Needs fused kernels
+  // (their dropout streams are per block). Off by default: on the 2-core reference machine
+  // it measured ~5% slower than multi-threaded ops once OpenBLAS runs on OpenMP (ours).
+  int concurrent_blocks = 1;
   // Distributed runs (--workers, or RANK/WORLD_SIZE): NoProp-DT trains its blocks in parallel
   // (block) or splits every batch (data); the other methods are always data-parallel.
   std::string parallel = "block";

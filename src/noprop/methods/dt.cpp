@@ -1,9 +1,15 @@
 #include "noprop/methods/dt.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
 #include <cmath>
+#include <functional>
 #include <sstream>
 
 #include "noprop/distributed.h"
+#include "noprop/kernels.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -34,25 +40,80 @@ torch::Tensor DTMethod::block_loss(int t, const torch::Tensor& u_hat, const torc
   return weight * (u_hat - u_y).pow(2).sum(1).mean();
 }
 
-DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y) {
-  const int T = net_->T();
+DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed,
+                                         bool shared_terms) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  // LibTorch's own dropout (CUDA, kernels: torch) draws from the default generator: seeded per
+  // block too when blocks run one after another (they never run concurrently then).
+  if (concurrency() == 1) torch::manual_seed(seed);
   auto u_y = net_->embed->forward(y);
-  const double ab_prev = schedule_.alpha_bar(t - 1), ab_T = schedule_.alpha_bar(T);
-  auto z_prev = std::sqrt(ab_prev) * u_y + std::sqrt(1 - ab_prev) * torch::randn_like(u_y);
-  auto loss_t = block_loss(t, net_->denoise(t, x, z_prev), u_y);
+  const double ab_prev = schedule_.alpha_bar(t - 1);
+  auto z_prev = std::sqrt(ab_prev) * u_y + std::sqrt(1 - ab_prev) * normal_like(u_y, gen);
+  torch::Tensor loss_t;
+  {
+    kernels::GeneratorScope dropout_seeds(gen);
+    loss_t = block_loss(t, net_->denoise(t, x, z_prev), u_y);
+  }
+  BlockStep r;
+  r.eps_T = normal_like(u_y, gen);
+  auto total = loss_t;
+  std::vector<torch::Tensor> inputs = block_params_[t - 1];
+  if (shared_terms) {
+    std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
+    total = total + r.ce + r.kl;
+    inputs.insert(inputs.end(), shared_params_.begin(), shared_params_.end());
+  }
+  // Gradients come back as tensors rather than accumulating into .grad, so that blocks on
+  // concurrent threads never write to the shared parameters' gradients.
+  auto grads = torch::autograd::grad({total}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                     /*allow_unused=*/true);
+  const auto n = std::ptrdiff_t(block_params_[t - 1].size());
+  std::vector<torch::Tensor> block_grads(grads.begin(), grads.begin() + n);
+  r.shared_grads.assign(grads.begin() + n, grads.end());
+  if (!clip_and_check_grads({block_grads, r.shared_grads}, cfg_.grad_clip_max_norm, total, "block " + std::to_string(t)))
+    return {};
+  for (std::ptrdiff_t i = 0; i < n; ++i) block_params_[t - 1][size_t(i)].mutable_grad() = block_grads[size_t(i)];
+  block_opts_[t - 1]->step();
+  r.stepped = true;
+  r.loss = loss_t.detach();
+  return r;
+}
+
+std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Tensor& y, const torch::Tensor& eps_T) {
   // Shared terms of Algorithm 1: they train the head (and learned embeddings) only.
-  auto z_T = std::sqrt(ab_T) * u_y + std::sqrt(1 - ab_T) * torch::randn_like(u_y);
+  auto u_y = net_->embed->forward(y);
+  const double ab_T = schedule_.alpha_bar(net_->T());
+  auto z_T = std::sqrt(ab_T) * u_y + std::sqrt(1 - ab_T) * eps_T;
   auto ce = torch::nll_loss(net_->head->log_prob(z_T, net_->embed->weight), y);
   auto kl = net_->embed->kl(y, schedule_.alpha_bar(0));
-  auto total = loss_t + ce + kl;
-  block_opts_[t - 1]->zero_grad();
-  shared_opt_->zero_grad();
-  total.backward();
-  if (!clip_and_check({block_params_[t - 1], shared_params_}, cfg_.grad_clip_max_norm, total,
-                      "block " + std::to_string(t)))
-    return {};
-  block_opts_[t - 1]->step();
-  return {true, loss_t.detach(), ce.detach(), kl.detach()};
+  return {ce, kl};
+}
+
+int DTMethod::concurrency() const {
+  if (sequential_ || data_parallel() || !net_->parameters().front().device().is_cpu() || cfg_.kernels != "fused")
+    return 1;
+  // Per-block shared updates take each head step after the previous one; the blocks can still
+  // run concurrently, unless their losses read learned embeddings that those steps change.
+  if (cfg_.shared_update == "per_block" && net_->embed->learned) return 1;
+  const int k = cfg_.concurrent_blocks > 0 ? cfg_.concurrent_blocks : at::get_num_threads();
+  return std::max(1, std::min(k, net_->T()));
+}
+
+void DTMethod::for_blocks(const std::function<void(int)>& body) {
+  const int T = net_->T(), k = concurrency();
+  if (k <= 1) {
+    for (int t = 1; t <= T; ++t) body(t);
+    return;
+  }
+  // One worker per LibTorch intra-op thread, each training its share of the blocks with
+  // single-threaded ops (LibTorch, oneDNN and OpenBLAS run serially inside a parallel region):
+  // on few cores this beats splitting every op across threads.
+  const at::ThreadLocalState state;
+  at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t w = begin; w < end; ++w)
+      for (int t = int(w) + 1; t <= T; t += k) body(t);
+  });
 }
 
 std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) {
@@ -65,15 +126,33 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   auto zero = torch::zeros({}, x.options());
   torch::Tensor ce_sum = zero, kl_sum = zero;
   int steps = 0;  // blocks actually updated (a non-finite step is skipped)
-  for (int t = first; t <= last; ++t) {
-    auto terms = step_block(t, x, y);
-    if (!terms.stepped) continue;
+  auto shared_step = [&](int t, BlockStep& r) {
+    if (!r.stepped) return;
+    if (!r.ce.defined()) {  // concurrent blocks: the shared terms now, at the current head
+      std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
+      if (!shared_params_.empty())
+        r.shared_grads = torch::autograd::grad({r.ce + r.kl}, shared_params_, {}, false, false, true);
+      if (!clip_and_check_grads({r.shared_grads}, cfg_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
+    }
+    for (size_t i = 0; i < shared_params_.size(); ++i) shared_params_[i].mutable_grad() = r.shared_grads[i];
     shared_opt_->step();
-    out[t - 1] = terms.loss;
-    ce_sum = ce_sum + terms.ce;
-    kl_sum = kl_sum + terms.kl;
+    out[t - 1] = r.loss;
+    ce_sum = ce_sum + r.ce.detach();
+    kl_sum = kl_sum + r.kl.detach();
     ++steps;
+  };
+  const uint64_t seeds = block_seeds();
+  if (concurrency() > 1) {
+    std::vector<BlockStep> results(T);
+    for_blocks([&](int t) { results[t - 1] = step_block(t, x, y, seeds + t, /*shared_terms=*/false); });
+    for (int t = 1; t <= T; ++t) shared_step(t, results[t - 1]);
+  } else {
+    for (int t = first; t <= last; ++t) {
+      auto r = step_block(t, x, y, seeds + t, /*shared_terms=*/true);
+      shared_step(t, r);
+    }
   }
+  torch::manual_seed(seeds);  // the default generator's state no longer depends on the blocks
   if (steps == 0) return out;
   out[T] = ce_sum / steps;
   out[T + 1] = kl_sum / steps;
@@ -84,34 +163,41 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   return out;
 }
 
+uint64_t DTMethod::block_seeds() {
+  // One draw from the common generator state gives every block its own stream (seed + t):
+  // block t sees the same noise and dropout masks whichever thread or rank trains it.
+  return uint64_t(torch::randint(int64_t(1) << 62, {1}, torch::kInt64).item<int64_t>());
+}
+
 std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x, const torch::Tensor& y) {
   const int T = net_->T();
   std::vector<torch::Tensor> out(T + 3);
-  // One draw from the common generator state gives every block its own seed: block t sees the
-  // same noise and dropout masks whichever rank trains it.
-  const int64_t base = torch::randint(int64_t(1) << 62, {1}, torch::kInt64).item<int64_t>();
+  const uint64_t seeds = block_seeds();
   // What the ranks add up (each fills the rows of its blocks): every block's shared gradient
   // (clipped per block, as in per_block mode), its loss and whether it stepped; the CE and KL sums.
   int64_t shared_numel = 0;
   for (const auto& p : shared_params_) shared_numel += p.numel();
   auto grads = torch::zeros({T, shared_numel}, x.options().dtype(torch::kFloat32));
   auto stats = torch::zeros({2 * T + 2}, x.options().dtype(torch::kFloat32));
+  std::vector<BlockStep> results(T);
+  for_blocks([&](int t) {
+    if (owns(t)) results[t - 1] = step_block(t, x, y, seeds + t, /*shared_terms=*/true);
+  });
+  torch::manual_seed(seeds);  // the same generator state on every rank from here on
   for (int t = 1; t <= T; ++t) {
-    if (!owns(t)) continue;
-    torch::manual_seed(uint64_t(base + t));
-    auto terms = step_block(t, x, y);
-    if (!terms.stepped) continue;
+    const auto& r = results[t - 1];
+    if (!r.stepped) continue;
     int64_t at = 0;
-    for (const auto& p : shared_params_) {
-      if (p.grad().defined()) grads[t - 1].slice(0, at, at + p.numel()).copy_(p.grad().reshape({-1}));
-      at += p.numel();
+    for (size_t i = 0; i < shared_params_.size(); ++i) {
+      const auto n = shared_params_[i].numel();
+      if (r.shared_grads[i].defined()) grads[t - 1].slice(0, at, at + n).copy_(r.shared_grads[i].reshape({-1}));
+      at += n;
     }
-    stats[t - 1] = terms.loss;
+    stats[t - 1] = r.loss;
     stats[T + t - 1] = 1;
-    stats[2 * T] += terms.ce;
-    stats[2 * T + 1] += terms.kl;
+    stats[2 * T] += r.ce.detach();
+    stats[2 * T + 1] += r.kl.detach();
   }
-  torch::manual_seed(uint64_t(base));  // the same generator state on every rank from here on
   if (dist_ && !data_parallel()) dist_->allreduce_sum({grads, stats});
   const auto host = stats.to(torch::kCPU);
   const auto* h = host.data_ptr<float>();

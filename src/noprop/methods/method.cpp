@@ -1,5 +1,10 @@
 #include "noprop/methods/method.h"
 
+#include <sstream>
+#include <type_traits>
+
+#include "noprop/kernels.h"
+
 #include "noprop/distributed.h"
 
 #include "noprop/methods/backprop.h"
@@ -14,7 +19,8 @@ NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torc
   const bool proto = cfg.embedding == "prototype";
   const int m = info.num_classes;
   const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
-  block_options = BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto};
+  block_options = BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto,
+                               cfg.kernels == "fused"};
   blocks = register_module("blocks", torch::nn::ModuleList());
   if (cfg.method == "ct" || cfg.method == "fm")
     cblock = register_module("block", ContinuousBlock(block_options));
@@ -55,7 +61,69 @@ std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, con
   throw Error("config key 'method': unknown method '" + cfg.method + "'");
 }
 
+namespace {
+// The key of a parameter in Optimizer::state_: its TensorImpl's address, printed (LibTorch 1.x)
+// or as the pointer itself (2.x).
+template <typename Key>
+Key state_key(c10::TensorImpl* impl) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;
+    os << impl;
+    return os.str();
+  } else {
+    return impl;
+  }
+}
+
+// AdamW whose step is one fused pass per parameter (kernels::adamw_update) on CPU float32;
+// the state, options and checkpoints are LibTorch's AdamW's own. Anything else (CUDA, amsgrad)
+// takes LibTorch's step.
+class FusedAdamW : public torch::optim::AdamW {
+ public:
+  using AdamW::AdamW;
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    for (auto& group : param_groups_) {
+      if (static_cast<torch::optim::AdamWOptions&>(group.options()).amsgrad()) return AdamW::step(closure);
+      for (auto& p : group.params())
+        if (p.grad().defined() && !(kernels::adamw_supported(p) && kernels::adamw_supported(p.grad())))
+          return AdamW::step(closure);
+    }
+    torch::NoGradGuard no_grad;
+    torch::Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable_grad(true);
+      loss = closure();
+    }
+    using Key = typename std::decay_t<decltype(state_)>::key_type;
+    for (auto& group : param_groups_) {
+      const auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+      for (auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        const Key key = state_key<Key>(p.unsafeGetTensorImpl());
+        auto it = state_.find(key);
+        if (it == state_.end()) {
+          auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+          fresh->step(0);
+          fresh->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+          fresh->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+          state_[key] = std::move(fresh);
+          it = state_.find(key);
+        }
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+        s.step(s.step() + 1);
+        kernels::adamw_update(p, p.grad(), s.exp_avg(), s.exp_avg_sq(), o.lr(), std::get<0>(o.betas()),
+                              std::get<1>(o.betas()), o.eps(), o.weight_decay(), s.step());
+      }
+    }
+    return loss;
+  }
+};
+}  // namespace
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params) {
+  if (cfg.optimizer == "adamw" && cfg.kernels == "fused")
+    return std::make_unique<FusedAdamW>(
+        params, torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
   if (cfg.optimizer == "adam")
     return std::make_unique<torch::optim::Adam>(
         params, torch::optim::AdamOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
@@ -63,26 +131,43 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::
       params, torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
 }
 
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+namespace {
+std::vector<std::vector<torch::Tensor>> grads_of(const std::vector<std::vector<torch::Tensor>>& groups) {
+  std::vector<std::vector<torch::Tensor>> grads;
+  for (const auto& g : groups) {
+    grads.emplace_back();
+    for (const auto& p : g) grads.back().push_back(p.grad());
+  }
+  return grads;
+}
+}  // namespace
+
+torch::Tensor clip_grads(const std::vector<torch::Tensor>& grads, double max_norm) {
   std::vector<torch::Tensor> norms;
-  for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().norm());
-  if (norms.empty()) return params.empty() ? torch::zeros({}) : torch::zeros({}, params[0].options());
+  for (const auto& g : grads)
+    if (g.defined()) norms.push_back(g.norm());
+  if (norms.empty()) return torch::zeros({});
   auto total = torch::stack(norms).norm();
   if (max_norm <= 0) return total;
   auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-  for (const auto& p : params)
-    if (p.grad().defined()) p.grad().mul_(coef);
+  for (const auto& g : grads)
+    if (g.defined()) g.mul_(coef);
   return total;
+}
+
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params) grads.push_back(p.grad());
+  auto total = clip_grads(grads, max_norm);
+  return params.empty() ? total : total.to(params[0].device());
 }
 
 bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
                             const torch::Tensor& loss, const std::string& part) {
-  std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat).clone()};
   if (dist_ && data_parallel()) {
     // Every rank steps with the mean gradient, and all skip together when any rank's loss or
     // gradient is not finite (NaN and Inf survive the sum).
-    std::vector<torch::Tensor> all{checks[0]};
+    std::vector<torch::Tensor> all{loss.detach().reshape({1}).to(torch::kFloat).clone()};
     for (const auto& g : groups)
       for (const auto& p : g) {
         if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
@@ -90,12 +175,20 @@ bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& group
       }
     dist_->allreduce_sum(all);
     for (auto& t : all) t.div_(double(dist_->world()));
+    return clip_and_check_grads(grads_of(groups), max_norm, all[0], part);
   }
-  for (const auto& g : groups) checks.push_back(clip_grad_norm(g, max_norm).reshape({1}).to(loss.device(), torch::kFloat));
+  return clip_and_check_grads(grads_of(groups), max_norm, loss, part);
+}
+
+bool Method::clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, double max_norm,
+                                  const torch::Tensor& loss, const std::string& part) {
+  std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat)};
+  for (const auto& g : grads) checks.push_back(clip_grads(g, max_norm).reshape({1}).to(loss.device(), torch::kFloat));
   if (torch::isfinite(torch::cat(checks)).all().item<bool>()) return true;
-  for (const auto& g : groups)
-    for (const auto& p : g)
-      if (p.grad().defined()) p.mutable_grad().zero_();
+  for (const auto& g : grads)
+    for (const auto& t : g)
+      if (t.defined()) t.zero_();
+  std::lock_guard<std::mutex> lock(nonfinite_mutex_);
   nonfinite_.push_back(part);
   return false;
 }

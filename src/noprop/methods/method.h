@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,7 +76,10 @@ class Method {
   // The parts ("block 3", "network", ...) whose update the last train_step skipped because the
   // loss or a gradient was NaN or infinite; clears the list. A skipped part's loss is left
   // undefined in train_step's result and its weights and optimizer state are untouched.
-  std::vector<std::string> take_nonfinite() { return std::exchange(nonfinite_, {}); }
+  std::vector<std::string> take_nonfinite() {
+    std::lock_guard<std::mutex> lock(nonfinite_mutex_);
+    return std::exchange(nonfinite_, {});
+  }
 
   // Training across processes (distributed.h), called once before training; nullptr: one
   // process. By default a method is data-parallel: every rank trains on its share of each
@@ -94,10 +98,15 @@ class Method {
   // gradients, records `part` and returns false: the caller must not step.
   bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
                       const torch::Tensor& loss, const std::string& part);
+  // The same on gradients held apart from their parameters (undefined entries: no gradient),
+  // clipped in place, without the data-parallel averaging; safe to call from several threads.
+  bool clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, double max_norm,
+                            const torch::Tensor& loss, const std::string& part);
 
   Distributed* dist_ = nullptr;
 
  private:
+  std::mutex nonfinite_mutex_;
   std::vector<std::string> nonfinite_;
 };
 
@@ -110,6 +119,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::
 // Scales gradients to a total norm ≤ max_norm (none when max_norm ≤ 0) without a host
 // synchronisation; returns the norm before scaling (a 0-dim tensor, 0 without gradients).
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// The same on the gradients themselves (undefined entries are skipped).
+torch::Tensor clip_grads(const std::vector<torch::Tensor>& grads, double max_norm);
 // Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
 void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module);

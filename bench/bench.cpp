@@ -1,0 +1,309 @@
+// noprop_bench: training and inference throughput of one configured method, as JSON.
+//
+// Times `--steps` training batches after `--warmup` untimed ones (median, min, max), then
+// `--inference-batches` inference batches, and reports samples/s, seconds per epoch (median
+// batch × batches per epoch), achieved GFLOP/s (from the architecture's FLOP count: forward
+// plus backward counted as 3× forward, as usual), and memory: the resident set before the
+// first step and its peak over training (CPU), or LibTorch's peak allocation (CUDA).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#ifdef NOPROP_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+#if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
+#include <torch/csrc/autograd/profiler_legacy.h>
+#define NOPROP_HAS_PROFILER 1
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+
+#include "noprop/block.h"
+#include "noprop/config.h"
+#include "noprop/data.h"
+#include "noprop/methods/method.h"
+#include "noprop/runtime.h"
+#include "noprop/util.h"
+
+namespace {
+using noprop::Config;
+using Clock = std::chrono::steady_clock;
+
+// A field of /proc/self/status in MiB ("VmRSS", "VmHWM"), or -1.
+double proc_status_mb(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
+  return -1;
+}
+// Restarts the kernel's peak-RSS count (VmHWM) from the current resident set.
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Mixed precision through LibTorch's autocast (bf16 on CPU, fp16/bf16 on CUDA), on for the
+// guard's lifetime.
+class Autocast {
+ public:
+  Autocast(const std::string& precision, const torch::Device& device) : on_(precision != "fp32") {
+    if (!on_) return;
+    const auto dtype = precision == "bf16" ? at::kBFloat16 : at::kHalf;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    type_ = device.type();
+    at::autocast::set_autocast_dtype(type_, dtype);
+    at::autocast::set_autocast_enabled(type_, true);
+#else
+    cuda_ = device.is_cuda();
+    if (cuda_) {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(true);
+    } else {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+  }
+  ~Autocast() {
+    if (!on_) return;
+    at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(type_, false);
+#else
+    if (cuda_) at::autocast::set_enabled(false); else at::autocast::set_cpu_enabled(false);
+#endif
+  }
+
+ private:
+  bool on_;
+  bool cuda_ = false;
+  c10::DeviceType type_ = c10::DeviceType::CPU;
+};
+
+void synchronise(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? 0 : device.index());
+}
+
+// The block options the methods build (method.cpp), for the FLOP count.
+noprop::BlockOptions block_options(const Config& cfg, const noprop::DataInfo& info) {
+  const bool proto = cfg.embedding == "prototype";
+  const int d = proto ? info.channels * info.height * info.width
+                      : cfg.embedding == "learned" ? cfg.embedding_dim : info.num_classes;
+  return {cfg.architecture, info.channels, info.height, info.width, d, info.num_classes, cfg.dropout, proto};
+}
+
+// FLOPs of one training batch and of one inference pass over one image.
+std::pair<double, double> flop_counts(const Config& cfg, const noprop::DataInfo& info, int batch) {
+  const auto opt = block_options(cfg, info);
+  if (cfg.method == "ct" || cfg.method == "fm") {
+    const double block = noprop::continuous_block_forward_flops(opt);
+    return {3.0 * batch * block, double(cfg.inference_steps) * block};  // inference: an upper bound
+  }
+  const double block = noprop::block_forward_flops(opt);
+  const int trained = cfg.method == "dt" && cfg.block_order == "sequential" ? 1 : cfg.num_layers;
+  return {3.0 * batch * trained * block, cfg.num_layers * block};
+}
+
+struct Args {
+  std::string profile, profile_inference;
+  std::string config, method, architecture, dataset, data_dir, device = "cpu", precision = "fp32", kernels;
+  std::vector<std::string> sets;
+  int threads = 0, batch = 0, steps = 20, warmup = 3, inference_batches = 5, inference_batch = 1000;
+  bool synthetic = false;
+};
+
+nlohmann::json run(const Args& a) {
+  Config cfg;
+  if (!a.config.empty()) {
+    const std::filesystem::path p = a.config;
+    cfg = noprop::load_config_file(std::filesystem::exists(p) ? p : noprop::find_named_config(a.config));
+  }
+  auto set = [&](const std::string& key, const std::string& value) {
+    if (!value.empty()) noprop::apply_override(cfg, key + "=" + value);
+  };
+  set("method", a.method), set("architecture", a.architecture), set("dataset", a.dataset);
+  set("data_dir", a.data_dir), set("device", a.device), set("kernels", a.kernels);
+  if (a.batch > 0) set("batch_size", std::to_string(a.batch));
+  set("threads", std::to_string(a.threads));
+  for (const auto& s : a.sets) noprop::apply_override(cfg, s);
+  noprop::validate(cfg);
+  if (a.precision != "fp32" && a.precision != "bf16" && a.precision != "fp16")
+    throw noprop::Error("--precision '" + a.precision + "': expected fp32, bf16 or fp16");
+
+  const int threads = noprop::configure_threads(cfg.threads);
+  const torch::Device device = noprop::select_device(cfg.device);
+  const int B = cfg.batch_size, total = a.warmup + a.steps;
+  torch::manual_seed(uint64_t(cfg.seed));
+
+  noprop::DataSplits data;
+  if (a.synthetic) {
+    data.info = noprop::dataset_info(cfg.dataset);
+    const auto& i = data.info;
+    data.train.images = torch::randn({int64_t(B) * total, i.channels, i.height, i.width});
+    data.train.labels = torch::randint(i.num_classes, {int64_t(B) * total});
+    data.test = data.train;
+  } else {
+    data = noprop::load_dataset(cfg.dataset, noprop::resolve_data_dir(cfg.dataset, cfg.data_dir));
+  }
+  const int64_t n_train = data.train.size();
+  auto method = noprop::make_method(cfg, data.info, &data.train, device);
+  method->set_training(true);
+  const auto order = torch::randperm(n_train);
+  auto batch_at = [&](int k) {
+    const int64_t begin = (int64_t(k) * B) % std::max<int64_t>(1, n_train - B + 1);
+    auto idx = order.slice(0, begin, begin + B);
+    return std::make_pair(data.train.images.index_select(0, idx).to(device),
+                          data.train.labels.index_select(0, idx).to(device));
+  };
+
+  const double rss_before = proc_status_mb("VmRSS");
+  reset_peak_rss();
+#ifdef NOPROP_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+  std::vector<double> times;
+#ifdef NOPROP_HAS_PROFILER
+  // Operator-level trace of the timed steps (chrome://tracing format).
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profiler;
+#endif
+  for (int k = 0; k < total; ++k) {
+#ifdef NOPROP_HAS_PROFILER
+    if (k == a.warmup && !a.profile.empty())
+      profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(a.profile);
+#endif
+    auto [x, y] = batch_at(k);
+    synchronise(device);
+    const auto t0 = Clock::now();
+    {
+      Autocast autocast(a.precision, device);
+      method->train_step(x, y, k % method->passes_per_epoch());
+    }
+    synchronise(device);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (k >= a.warmup) times.push_back(s);
+    std::cerr << "step " << k + 1 << "/" << total << (k < a.warmup ? " (warm-up)" : "") << ": " << s << " s\n";
+  }
+#ifdef NOPROP_HAS_PROFILER
+  profiler.reset();
+#endif
+  const double peak_rss = proc_status_mb("VmHWM");
+  double gpu_peak_mb = -1;
+#ifdef NOPROP_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    gpu_peak_mb = double(stats.allocated_bytes[0].peak) / (1 << 20);
+  }
+#endif
+
+  // Inference: the method's own predict() with the configured inference options.
+  method->set_training(false);
+  const auto inference = noprop::inference_options(cfg);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(uint64_t(cfg.inference_seed));
+  std::vector<double> inference_times;
+  const int64_t ib = std::min<int64_t>(a.inference_batch, data.test.size());
+  {
+    torch::NoGradGuard no_grad;
+#ifdef NOPROP_HAS_PROFILER
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profiler;
+#endif
+    for (int k = 0; k <= a.inference_batches; ++k) {  // the first one warms up
+#ifdef NOPROP_HAS_PROFILER
+      if (k == 1 && !a.profile_inference.empty())
+        profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(a.profile_inference);
+#endif
+      auto x = data.test.images.slice(0, 0, ib).to(device);
+      synchronise(device);
+      const auto t0 = Clock::now();
+      {
+        Autocast autocast(a.precision, device);
+        method->predict(x, inference, gen);
+      }
+      synchronise(device);
+      if (k > 0) inference_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+  }
+
+  const auto [train_flops, infer_flops] = flop_counts(cfg, data.info, B);
+  const double med = median(times), inf_med = median(inference_times);
+  const int64_t batches_per_epoch = (n_train + B - 1) / B * method->passes_per_epoch();
+  nlohmann::json j = {
+      {"method", cfg.method},
+      {"architecture", cfg.architecture},
+      {"dataset", cfg.dataset},
+      {"data", a.synthetic ? "synthetic" : "real"},
+      {"device", device.str()},
+      {"threads", threads},
+      {"precision", a.precision},
+      {"kernels", cfg.kernels},
+      {"torch", noprop::torch_version()},
+      {"num_layers", cfg.num_layers},
+      {"batch_size", B},
+      {"steps", a.steps},
+      {"warmup", a.warmup},
+      {"seconds_per_batch", med},
+      {"seconds_per_batch_min", *std::min_element(times.begin(), times.end())},
+      {"seconds_per_batch_max", *std::max_element(times.begin(), times.end())},
+      {"samples_per_second", B / med},
+      {"seconds_per_epoch", med * double(batches_per_epoch)},
+      {"gflop_per_batch", train_flops / 1e9},
+      {"gflops", train_flops / med / 1e9},
+      {"inference_batch_size", ib},
+      {"inference_seconds_per_batch", inf_med},
+      {"inference_images_per_second", double(ib) / inf_med},
+      {"inference_gflops", infer_flops * double(ib) / inf_med / 1e9},
+      {"rss_before_training_mb", rss_before},
+      {"peak_rss_mb", peak_rss},
+      {"training_memory_mb", peak_rss - rss_before},
+      {"parameters", method->parameter_count()},
+  };
+  j["gpu_peak_allocated_mb"] = gpu_peak_mb >= 0 ? nlohmann::json(gpu_peak_mb) : nlohmann::json(nullptr);
+  return j;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  noprop::init_process(argc, argv);
+  CLI::App app{"Training and inference throughput of one NoProp configuration, printed as JSON"};
+  app.name("noprop_bench");
+  Args a;
+  app.add_option("--config", a.config, "named config or YAML file (default: the built-in defaults)");
+  app.add_option("--method", a.method, "dt | backprop | ct | fm");
+  app.add_option("--architecture", a.architecture, "paper | seed");
+  app.add_option("--dataset", a.dataset, "mnist | fashion-mnist | cifar10 | cifar100");
+  app.add_option("--data-dir", a.data_dir, "data directory (as for noprop train)");
+  app.add_flag("--synthetic", a.synthetic, "random images and labels instead of the data set (throughput only)");
+  app.add_option("--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", a.device, "cpu | cuda | cuda:N");
+  app.add_option("--precision", a.precision, "fp32 | bf16 | fp16 (autocast)");
+  app.add_option("--kernels", a.kernels, "fused | torch (CPU element-wise kernels)");
+  app.add_option("--batch", a.batch, "training batch size (default: the config's)")->check(CLI::PositiveNumber);
+  app.add_option("--steps", a.steps, "timed training batches")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", a.warmup, "untimed training batches first")->check(CLI::NonNegativeNumber);
+  app.add_option("--inference-batches", a.inference_batches, "timed inference batches")->check(CLI::PositiveNumber);
+  app.add_option("--inference-batch", a.inference_batch, "inference batch size")->check(CLI::PositiveNumber);
+  app.add_option("--profile", a.profile, "write an operator trace of the timed steps (Chrome trace JSON)");
+  app.add_option("--profile-inference", a.profile_inference, "the same for the timed inference batches");
+  app.add_option("--set", a.sets, "override a config key: --set key=value (repeatable)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    std::cout << run(a).dump(2) << std::endl;
+  } catch (const noprop::Error& e) {
+    std::cerr << "noprop_bench: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "noprop_bench: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,62 @@
+// Fused CPU kernels for the element-wise tail of each convolution in the image path:
+// ReLU → max-pool 2×2 → dropout, and ReLU → dropout. LibTorch runs these as three separate
+// passes over memory forward and backward, plus a Bernoulli mask drawn element by element;
+// on a 2-core CPU they took more time than the convolutions themselves. Here each is one
+// multi-threaded pass forward and one backward, and the dropout mask is never stored: it is a
+// counter-based hash of (seed, element index), so backward recomputes nothing it cannot
+// rebuild from a 64-bit seed and, for pooling, a 1-byte argmax code per output.
+//
+// Both functions are autograd-aware and match LibTorch's ops exactly, masks aside (tests
+// check them against relu / max_pool2d / dropout with the same mask). They handle CPU
+// float32 tensors; anything else (CUDA, bf16) goes to the LibTorch ops unchanged.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace noprop::kernels {
+
+// Whether the fused kernels handle x: a 4-D float32 CPU tensor.
+bool supported(const torch::Tensor& x);
+
+// dropout(max_pool2d(relu(x), 2), p) for N×C×H×W x with even H and W. The mask comes from
+// `seed`; the overloads without one draw it from LibTorch's default CPU generator (so
+// torch::manual_seed makes runs repeatable). p = 0 (or evaluation) means no dropout.
+torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p, uint64_t seed);
+torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p);
+
+// dropout(relu(x), p), any shape.
+torch::Tensor relu_dropout(const torch::Tensor& x, double p, uint64_t seed);
+torch::Tensor relu_dropout(const torch::Tensor& x, double p);
+
+// While alive, the overloads above without a seed draw it, on this thread, from `gen` instead
+// of the default generator: blocks trained on concurrent threads each use their own stream.
+class GeneratorScope {
+ public:
+  explicit GeneratorScope(at::Generator gen);
+  ~GeneratorScope();
+  GeneratorScope(const GeneratorScope&) = delete;
+  GeneratorScope& operator=(const GeneratorScope&) = delete;
+
+ private:
+  at::Generator previous_;
+};
+
+// The keep (1) / drop (0) decisions the kernels make for the first n elements under `seed`,
+// as a float tensor: lets tests rebuild exactly what a fused call did.
+torch::Tensor dropout_keep_mask(uint64_t seed, int64_t n, double p);
+
+// One AdamW step (LibTorch's algorithm: decoupled weight decay, bias-corrected moments, no
+// amsgrad) on one parameter in a single pass over p, grad, exp_avg and exp_avg_sq, instead of
+// LibTorch's eight element-wise ops. `step` counts this step (1 on the first). All four tensors
+// must pass adamw_supported.
+bool adamw_supported(const torch::Tensor& t);
+void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
+                  double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step);
+
+// The pooling kernels use hand-written AVX-512 where the CPU has it, else portable loops.
+// Turns the AVX-512 path off (false) or back on; returns the previous setting. For tests.
+bool set_vector_kernels(bool on);
+
+}  // namespace noprop::kernels

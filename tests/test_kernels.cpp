@@ -1,0 +1,221 @@
+// The fused kernels against LibTorch's relu / max_pool2d / dropout, forward and backward, with
+// the dropout mask the kernel used rebuilt from its seed.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "noprop/block.h"
+#include "noprop/kernels.h"
+#include "noprop/methods/method.h"
+
+namespace noprop {
+namespace {
+
+struct Result {
+  torch::Tensor out, grad;
+};
+
+// Output and input gradient of f(x) against the upstream gradient g.
+template <typename F>
+Result run(F f, const torch::Tensor& x0, const torch::Tensor& g) {
+  auto x = x0.clone().requires_grad_(true);
+  auto out = f(x);
+  out.backward(g);
+  return {out.detach(), x.grad()};
+}
+
+void expect_equal(const Result& a, const Result& b) {
+  EXPECT_TRUE(torch::allclose(a.out, b.out, 1e-6, 1e-7)) << (a.out - b.out).abs().max();
+  EXPECT_TRUE(torch::allclose(a.grad, b.grad, 1e-6, 1e-7)) << (a.grad - b.grad).abs().max();
+}
+
+torch::Tensor keep_mask_like(uint64_t seed, const torch::Tensor& like, double p) {
+  return kernels::dropout_keep_mask(seed, like.numel(), p).view(like.sizes());
+}
+
+// Every kernel test runs twice: hand-written AVX-512 rows (where the CPU has AVX-512) and the
+// portable loops.
+class Kernels : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { previous_ = kernels::set_vector_kernels(GetParam()); }
+  void TearDown() override { kernels::set_vector_kernels(previous_); }
+  bool previous_ = false;
+};
+INSTANTIATE_TEST_SUITE_P(Paths, Kernels, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "vector" : "portable"; });
+
+TEST_P(Kernels, ReluPoolMatchesLibTorchWithoutDropout) {
+  torch::manual_seed(1);
+  auto x = torch::randn({3, 5, 6, 10});
+  auto g = torch::randn({3, 5, 3, 5});
+  expect_equal(run([](auto& v) { return kernels::relu_pool_dropout(v, 0.0, 7); }, x, g),
+               run([](auto& v) { return torch::max_pool2d(torch::relu(v), 2); }, x, g));
+}
+
+TEST_P(Kernels, ReluPoolTiesAndZerosFollowLibTorch) {
+  // Small integers: many windows with tied maxima, exact zeros and all-negative windows.
+  torch::manual_seed(2);
+  auto x = torch::randint(-2, 3, {2, 4, 8, 8}).to(torch::kFloat32);
+  auto g = torch::randn({2, 4, 4, 4});
+  expect_equal(run([](auto& v) { return kernels::relu_pool_dropout(v, 0.0, 7); }, x, g),
+               run([](auto& v) { return torch::max_pool2d(torch::relu(v), 2); }, x, g));
+}
+
+TEST_P(Kernels, ReluPoolDropoutMatchesLibTorchWithTheSameMask) {
+  torch::manual_seed(3);
+  const double p = 0.3;
+  const uint64_t seed = 0x1234567890abcdefULL;
+  // Rows of 6 and of 35 outputs (two full 16-lane chunks and a remainder).
+  for (auto shape : {std::vector<int64_t>{4, 8, 12, 12}, std::vector<int64_t>{2, 3, 4, 70}}) {
+    auto x = torch::randn(shape);
+    auto g = torch::randn({shape[0], shape[1], shape[2] / 2, shape[3] / 2});
+    auto mask = keep_mask_like(seed, g, p);
+    expect_equal(run([&](auto& v) { return kernels::relu_pool_dropout(v, p, seed); }, x, g),
+                 run([&](auto& v) { return torch::max_pool2d(torch::relu(v), 2) * mask / (1 - p); }, x, g));
+  }
+}
+
+TEST_P(Kernels, ReluDropoutMatchesLibTorchWithTheSameMask) {
+  torch::manual_seed(4);
+  const double p = 0.2;
+  const uint64_t seed = 99;
+  auto x = torch::randn({3, 7, 9, 11});
+  auto g = torch::randn({3, 7, 9, 11});
+  auto mask = keep_mask_like(seed, x, p);
+  expect_equal(run([&](auto& v) { return kernels::relu_dropout(v, p, seed); }, x, g),
+               run([&](auto& v) { return torch::relu(v) * mask / (1 - p); }, x, g));
+  expect_equal(run([&](auto& v) { return kernels::relu_dropout(v, 0.0, seed); }, x, g),
+               run([&](auto& v) { return torch::relu(v); }, x, g));
+}
+
+TEST_P(Kernels, NonContiguousInputAndGradient) {
+  torch::manual_seed(5);
+  auto x = torch::randn({4, 6, 8, 3}).permute({0, 3, 1, 2});  // 4×3×6×8, not contiguous
+  auto g = torch::randn({4, 3, 4, 3}).permute({0, 1, 3, 2});  // 4×3×3×4
+  ASSERT_FALSE(x.is_contiguous());
+  expect_equal(run([](auto& v) { return kernels::relu_pool_dropout(v, 0.0, 1); }, x, g),
+               run([](auto& v) { return torch::max_pool2d(torch::relu(v), 2); }, x, g));
+}
+
+TEST_P(Kernels, MaskHasTheRightRateAndIsIndependent) {
+  const int64_t n = 1 << 20;
+  const double p = 0.2;
+  auto a = kernels::dropout_keep_mask(11, n, p), b = kernels::dropout_keep_mask(12, n, p);
+  // Binomial standard deviation of the mean: sqrt(0.16 / 2^20) ≈ 0.0004.
+  EXPECT_NEAR(a.mean().item<double>(), 1 - p, 0.002);
+  EXPECT_NEAR(b.mean().item<double>(), 1 - p, 0.002);
+  // Different seeds: independent masks agree on (1-p)² + p² of the positions.
+  EXPECT_NEAR((a == b).to(torch::kFloat64).mean().item<double>(), 0.68, 0.003);
+  // Neighbours are uncorrelated: P(keep i and keep i+1) = (1-p)².
+  EXPECT_NEAR((a.slice(0, 1) * a.slice(0, 0, n - 1)).mean().item<double>(), 0.64, 0.003);
+  EXPECT_TRUE(torch::equal(a, kernels::dropout_keep_mask(11, n, p)));
+}
+
+TEST_P(Kernels, SeedsComeFromTheDefaultGenerator) {
+  auto x = torch::randn({2, 3, 4, 4});
+  torch::manual_seed(21);
+  auto a = kernels::relu_pool_dropout(x, 0.5);
+  auto a2 = kernels::relu_dropout(x, 0.5);
+  torch::manual_seed(21);
+  EXPECT_TRUE(torch::equal(a, kernels::relu_pool_dropout(x, 0.5)));
+  EXPECT_TRUE(torch::equal(a2, kernels::relu_dropout(x, 0.5)));
+  EXPECT_FALSE(torch::equal(a, kernels::relu_pool_dropout(x, 0.5)));  // the generator moved on
+}
+
+TEST_P(Kernels, NaNPropagatesAsInLibTorch) {
+  auto x = torch::ones({1, 1, 2, 4});
+  x[0][0][1][1] = std::nanf("");
+  auto out = kernels::relu_pool_dropout(x, 0.0, 3);
+  auto ref = torch::max_pool2d(torch::relu(x), 2);
+  EXPECT_TRUE(std::isnan(out[0][0][0][0].item<float>()));
+  EXPECT_TRUE(torch::equal(out.slice(3, 1), ref.slice(3, 1)));
+  // Even where dropout drops it (LibTorch multiplies the NaN by a zero mask).
+  auto nan = torch::full({1, 1, 8, 8}, std::nanf(""));
+  EXPECT_TRUE(kernels::relu_dropout(nan, 0.9, 5).isnan().all().item<bool>());
+}
+
+TEST_P(Kernels, OtherTensorsGoToLibTorch) {
+  auto x = torch::randn({2, 3, 4, 4}, torch::kFloat64);
+  EXPECT_FALSE(kernels::supported(x));
+  EXPECT_TRUE(torch::equal(kernels::relu_pool_dropout(x, 0.0), torch::max_pool2d(torch::relu(x), 2)));
+  EXPECT_TRUE(torch::equal(kernels::relu_dropout(x, 0.0), torch::relu(x)));
+  EXPECT_THROW(kernels::relu_pool_dropout(torch::randn({1, 1, 3, 4}), 0.0, 1), c10::Error);
+}
+
+// A whole block: the fused path and LibTorch's separate ops give the same outputs and the same
+// parameter gradients (dropout off, so no masks differ), for both architectures.
+TEST_P(Kernels, FusedBlockMatchesTheReferenceBlock) {
+  for (const std::string arch : {"seed", "paper"}) {
+    BlockOptions opt;
+    opt.architecture = arch;
+    opt.dropout = 0.0;
+    torch::manual_seed(6);
+    DenoiseBlock fused(opt);
+    opt.fused_kernels = false;
+    DenoiseBlock ref(opt);
+    {
+      torch::NoGradGuard no_grad;
+      auto src = fused->parameters(), dst = ref->parameters();
+      for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+    }
+    auto x = torch::randn({8, 1, 28, 28}), z = torch::randn({8, 10});
+    auto a = fused->forward(x, z), b = ref->forward(x, z);
+    EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6)) << arch;
+    a.pow(2).sum().backward();
+    b.pow(2).sum().backward();
+    auto pa = fused->parameters(), pb = ref->parameters();
+    for (size_t i = 0; i < pa.size(); ++i)
+      EXPECT_TRUE(torch::allclose(pa[i].grad(), pb[i].grad(), 1e-4, 1e-6)) << arch << " parameter " << i;
+    fused->eval(), ref->eval();
+    EXPECT_TRUE(torch::allclose(fused->forward(x, z), ref->forward(x, z), 1e-5, 1e-6)) << arch;
+  }
+}
+
+}  // namespace
+}  // namespace noprop
+
+namespace noprop {
+namespace {
+
+// The fused AdamW step against LibTorch's AdamW: the same trajectory over several steps, and
+// optimizer state that LibTorch's AdamW can load and continue from.
+TEST(FusedAdamW, FollowsLibTorchsAdamW) {
+  Config fused_cfg, torch_cfg;
+  fused_cfg.weight_decay = torch_cfg.weight_decay = 0.05;
+  fused_cfg.learning_rate = torch_cfg.learning_rate = 0.01;
+  torch_cfg.kernels = "torch";
+  torch::manual_seed(12);
+  std::vector<torch::Tensor> a{torch::randn({37, 5}), torch::randn({1000})}, b;
+  for (auto& t : a) b.push_back(t.clone());
+  for (auto& t : a) t.requires_grad_(true);
+  for (auto& t : b) t.requires_grad_(true);
+  auto fused = make_optimizer(fused_cfg, a), reference = make_optimizer(torch_cfg, b);
+  auto step = [&](int k) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      auto g = torch::randn_like(a[i]) * (k + 1);
+      a[i].mutable_grad() = g.clone();
+      b[i].mutable_grad() = g.clone();
+    }
+    fused->step();
+    reference->step();
+  };
+  for (int k = 0; k < 5; ++k) step(k);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-7)) << i;
+  // State written by the fused optimizer, continued by LibTorch's.
+  std::stringstream buffer;
+  torch::serialize::OutputArchive out;
+  fused->save(out);
+  out.save_to(buffer);
+  auto continued = make_optimizer(torch_cfg, a);
+  torch::serialize::InputArchive in;
+  in.load_from(buffer);
+  continued->load(in);
+  fused = std::move(continued);
+  for (int k = 5; k < 8; ++k) step(k);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-7)) << i;
+}
+
+}  // namespace
+}  // namespace noprop
