@@ -143,6 +143,8 @@ nlohmann::json run(const Args& a) {
 
   const int threads = noprop::configure_threads(cfg.threads);
   const torch::Device device = noprop::select_device(cfg.device);
+  if (a.precision == "fp16" && device.is_cpu())
+    throw noprop::Error("--precision fp16: LibTorch's CPU autocast has bf16 only");
   const int B = cfg.batch_size, total = a.warmup + a.steps;
   torch::manual_seed(uint64_t(cfg.seed));
 

@@ -440,3 +440,39 @@ TEST_F(DistributedTest, TorchrunEnvironmentJoinsAndSurvivorStops) {
             std::string::npos)
       << log;
 }
+
+namespace {
+Result bench(const std::string& args) { return shell(std::string(NOPROP_BENCH) + " " + args + " 2>&1"); }
+}  // namespace
+
+// noprop_bench prints one JSON object whose FLOP count matches the architecture's, worked out
+// here by hand, and refuses bad input in one line.
+TEST(BenchTest, ReportsThroughputAsJsonAndRefusesBadInput) {
+  const std::string tiny = "--synthetic --architecture seed --batch 8 --steps 2 --warmup 0 --inference-batches 1 "
+                           "--inference-batch 10 --threads 1 --set num_layers=2";
+  auto r = shell(std::string(NOPROP_BENCH) + " " + tiny + " 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  // Multiply-adds of one seed block on a 28×28 image: conv 1→32 and 32→64 (3×3), FC 3136→256,
+  // label path 10→256→256→256, fused 512→256→128→10.
+  const double madds = 9.0 * 32 * 784 + 9.0 * 32 * 64 * 196 + 3136.0 * 256 + (10.0 * 256 + 2 * 256 * 256) +
+                       (512.0 * 256 + 256 * 128 + 128 * 10);
+  EXPECT_NEAR(j["gflop_per_batch"].get<double>(), 3 * 8 * 2 * 2 * madds / 1e9, 1e-9);  // 2 blocks, fwd + 2× bwd
+  const double s = j["seconds_per_batch"];
+  EXPECT_GT(s, 0);
+  EXPECT_NEAR(j["samples_per_second"].get<double>(), 8 / s, 1e-6 * 8 / s);
+  EXPECT_NEAR(j["gflops"].get<double>(), j["gflop_per_batch"].get<double>() / s, 1e-6 * j["gflops"].get<double>());
+  EXPECT_EQ(j["data"], "synthetic");
+  EXPECT_EQ(j["kernels"], "fused");
+  EXPECT_EQ(j["inference_batch_size"], 10);
+  EXPECT_GT(j["inference_images_per_second"].get<double>(), 0);
+  EXPECT_GE(j["peak_rss_mb"].get<double>(), j["rss_before_training_mb"].get<double>());
+  for (const std::string bad : {"--precision fp64", "--precision fp16", "--set kernels=nope", "--method sgd"}) {
+    r = bench(tiny + " " + bad);
+    EXPECT_EQ(r.code, 1) << bad << ": " << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << bad << ": " << r.out;
+    EXPECT_EQ(r.out.rfind("noprop_bench: ", 0), 0u) << bad << ": " << r.out;
+  }
+  r = bench(tiny + " --steps 0");
+  EXPECT_NE(r.code, 0) << r.out;
+}
