@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(libyaml-cpp-dev libyaml-cpp0.7 libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
       libbenchmark1debian libstb-dev libstb0 libcurl4-openssl-dev libcurl4 libssl-dev libarchive-dev libarchive13
-      libgloo-dev zlib1g-dev)
+      libgloo-dev zlib1g-dev zlib1g libssl3)  # runtime packages too: the -dev symlinks point at them
 
 if [ "${1:-}" = "--prepare" ]; then
   [ $# -eq 3 ] || { echo "usage: scripts/gpu-check.sh --prepare SEED_CHECKOUT MNIST_DIR" >&2; exit 2; }
@@ -34,17 +34,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 stage "unpack libraries"
 deps=/tmp/noprop-deps
 for f in .gpu/debs/*.deb; do dpkg -x "$f" "$deps"; done
+# Absolute symlinks (libz.so -> /lib/...) must point into the unpacked copy.
+find "$deps" -type l -lname '/*' | while read -r l; do ln -sfn "$deps$(readlink "$l")" "$l"; done
 torch_prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 torch_lib="$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 multi=x86_64-linux-gnu
-export LD_LIBRARY_PATH="$deps/usr/lib/$multi:$torch_lib:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$deps/usr/lib/$multi:$deps/lib/$multi:$torch_lib:${LD_LIBRARY_PATH:-}"
 export PKG_CONFIG_PATH="$deps/usr/lib/$multi/pkgconfig:$deps/usr/share/pkgconfig"
 # Debian's .pc files name /usr as their prefix: point them at the unpacked copy.
 sed -i "s|^prefix=/usr|prefix=$deps/usr|" "$deps"/usr/lib/$multi/pkgconfig/*.pc "$deps"/usr/share/pkgconfig/*.pc 2>/dev/null || true
 
 stage "build"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" \
-  -DCMAKE_INCLUDE_PATH="$deps/usr/include" -DCMAKE_LIBRARY_PATH="$deps/usr/lib/$multi"
+  -DCMAKE_INCLUDE_PATH="$deps/usr/include" -DCMAKE_LIBRARY_PATH="$deps/usr/lib/$multi;$deps/lib/$multi"
 cmake --build build-gpu -j"$(nproc)"
 
 stage "tests"

@@ -1,3 +1,4 @@
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -126,6 +127,26 @@ TEST(DT, ConcurrentBlocksTakeTheSameSteps) {
       EXPECT_TRUE(torch::allclose(params[0][i], params[1][i], 1e-4, 1e-6)) << shared << " parameter " << i;
   }
   torch::set_num_threads(threads);
+}
+
+// Inference of a batch above kInferenceChunk rows runs in pieces; without noise every image's
+// result is its own, so it must equal inference of the halves, each done in one piece.
+TEST(Methods, ChunkedInferenceEqualsWholeBatches) {
+  const int64_t n = kInferenceChunk + 44;
+  for (std::string method : {"dt", "backprop"}) {
+    Config c = tiny_cfg(method);
+    torch::manual_seed(13);
+    auto m = make_method(c, tiny_info(), nullptr, torch::kCPU);
+    m->set_training(false);
+    auto x = torch::randn({n, 1, 8, 8});
+    InferenceOptions opt;
+    opt.noise = false;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+    auto whole = m->predict(x, opt, gen);
+    auto halves = torch::cat({m->predict(x.slice(0, 0, n / 2), opt, gen), m->predict(x.slice(0, n / 2), opt, gen)});
+    ASSERT_EQ(whole.sizes(), halves.sizes());
+    EXPECT_TRUE(torch::allclose(whole, halves, 1e-5, 1e-6)) << method;
+  }
 }
 
 // Eq. 17-19: z_t = (1 − α_t) z_{t−1} + α_t û_t with α_t = tanh(w_t), computed by hand here.

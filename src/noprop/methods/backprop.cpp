@@ -41,7 +41,8 @@ torch::Tensor BackpropMethod::predict(const torch::Tensor& x, const InferenceOpt
   torch::NoGradGuard no_grad;
   auto z0 = torch::zeros({x.size(0), int64_t(model_->net->embed->dim())}, x.options());
   if (opt.noise) z0 = normal_like(z0, gen);
-  return model_->forward(x, z0);
+  return in_chunks(x.size(0), x.device(),
+                   [&](int64_t b, int64_t e) { return model_->forward(x.slice(0, b, e), z0.slice(0, b, e)); });
 }
 
 void BackpropMethod::save(torch::serialize::OutputArchive& ar) {

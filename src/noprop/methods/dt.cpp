@@ -105,9 +105,10 @@ void DTMethod::for_blocks(const std::function<void(int)>& body) {
     for (int t = 1; t <= T; ++t) body(t);
     return;
   }
-  // One worker per LibTorch intra-op thread, each training its share of the blocks with
-  // single-threaded ops (LibTorch, oneDNN and OpenBLAS run serially inside a parallel region):
-  // on few cores this beats splitting every op across threads.
+  // k workers on LibTorch's intra-op threads, each training its share of the blocks with
+  // single-threaded ops (LibTorch, oneDNN and OpenBLAS run serially inside a parallel region).
+  // On the 2-core reference machine this was no faster than splitting every op across both
+  // threads (docs/speed.md), hence off by default.
   const at::ThreadLocalState state;
   at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
     at::ThreadLocalStateGuard guard(state);
@@ -128,6 +129,7 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   int steps = 0;  // blocks actually updated (a non-finite step is skipped)
   auto shared_step = [&](int t, BlockStep& r) {
     if (!r.stepped) return;
+    out[t - 1] = r.loss;  // the block stepped, whatever becomes of the head's step
     if (!r.ce.defined()) {  // concurrent blocks: the shared terms now, at the current head
       std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
       if (!shared_params_.empty())
@@ -136,7 +138,6 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
     }
     for (size_t i = 0; i < shared_params_.size(); ++i) shared_params_[i].mutable_grad() = r.shared_grads[i];
     shared_opt_->step();
-    out[t - 1] = r.loss;
     ce_sum = ce_sum + r.ce.detach();
     kl_sum = kl_sum + r.kl.detach();
     ++steps;
@@ -269,16 +270,23 @@ torch::Tensor DTMethod::inference_step(int t, const torch::Tensor& u_hat, const 
 }
 
 torch::Tensor DTMethod::predict(const torch::Tensor& x, const InferenceOptions& opt, at::Generator& gen) {
-  const bool noise = opt.noise;
   torch::NoGradGuard no_grad;
   const int64_t B = x.size(0), d = net_->embed->dim();
-  auto z = torch::zeros({B, d}, x.options());
-  if (noise) z = normal_like(z, gen);
-  for (int t = 1; t <= net_->T(); ++t) {
-    auto u_hat = net_->denoise(t, x, z);
-    z = inference_step(t, u_hat, z, noise ? normal_like(z, gen) : torch::Tensor());
+  const int T = net_->T();
+  // All the noise first, in the order one pass over the whole batch draws it.
+  auto z0 = torch::zeros({B, d}, x.options());
+  std::vector<torch::Tensor> eps(T + 1);
+  if (opt.noise) {
+    z0 = normal_like(z0, gen);
+    for (int t = 1; t <= T; ++t) eps[t] = normal_like(z0, gen);
   }
-  return net_->head->log_prob(z, net_->embed->weight);
+  return in_chunks(B, x.device(), [&](int64_t b, int64_t e) {
+    const auto xs = x.slice(0, b, e);
+    auto z = z0.slice(0, b, e);
+    for (int t = 1; t <= T; ++t)
+      z = inference_step(t, net_->denoise(t, xs, z), z, opt.noise ? eps[t].slice(0, b, e) : torch::Tensor());
+    return net_->head->log_prob(z, net_->embed->weight);
+  });
 }
 
 void DTMethod::save(torch::serialize::OutputArchive& ar) {

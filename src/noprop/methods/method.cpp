@@ -193,6 +193,16 @@ bool Method::clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>&
   return false;
 }
 
+torch::Tensor in_chunks(int64_t rows, const torch::Device& device,
+                        const std::function<torch::Tensor(int64_t, int64_t)>& f) {
+  // Measured (seed architecture, 2 threads, NoProp-DT): 765 images/s for a batch of 1000 in one
+  // piece, 1177 in pieces of 256, whose activations stay in cache.
+  if (!device.is_cpu() || rows <= kInferenceChunk) return f(0, rows);
+  std::vector<torch::Tensor> parts;
+  for (int64_t b = 0; b < rows; b += kInferenceChunk) parts.push_back(f(b, std::min(rows, b + kInferenceChunk)));
+  return torch::cat(parts);
+}
+
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen) {
   // Drawn on the CPU so that one CPU generator serves every device.
   return torch::randn(like.sizes(), gen, like.options().device(torch::kCPU)).to(like.device());

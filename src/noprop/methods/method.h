@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -121,6 +122,11 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 // The same on the gradients themselves (undefined entries are skipped).
 torch::Tensor clip_grads(const std::vector<torch::Tensor>& grads, double max_norm);
+// f(begin, end) over row ranges of at most kInferenceChunk rows on the CPU (one range on other
+// devices), concatenated: inference of big batches in cache-sized pieces.
+constexpr int64_t kInferenceChunk = 256;
+torch::Tensor in_chunks(int64_t rows, const torch::Device& device,
+                        const std::function<torch::Tensor(int64_t, int64_t)>& f);
 // Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
 void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module);
