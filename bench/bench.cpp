@@ -95,17 +95,9 @@ void synchronise(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? 0 : device.index());
 }
 
-// The block options the methods build (method.cpp), for the FLOP count.
-noprop::BlockOptions block_options(const Config& cfg, const noprop::DataInfo& info) {
-  const bool proto = cfg.embedding == "prototype";
-  const int d = proto ? info.channels * info.height * info.width
-                      : cfg.embedding == "learned" ? cfg.embedding_dim : info.num_classes;
-  return {cfg.architecture, info.channels, info.height, info.width, d, info.num_classes, cfg.dropout, proto};
-}
-
 // FLOPs of one training batch and of one inference pass over one image.
 std::pair<double, double> flop_counts(const Config& cfg, const noprop::DataInfo& info, int batch) {
-  const auto opt = block_options(cfg, info);
+  const auto opt = noprop::block_options(cfg, info);
   if (cfg.method == "ct" || cfg.method == "fm") {
     const double block = noprop::continuous_block_forward_flops(opt);
     return {3.0 * batch * block, double(cfg.inference_steps) * block};  // inference: an upper bound

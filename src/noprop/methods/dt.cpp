@@ -18,7 +18,8 @@ DTMethod::DTMethod(const Config& cfg, NoPropNet net)
     : cfg_(cfg),
       net_(std::move(net)),
       schedule_(ScheduleOptions{cfg.num_layers, cfg.cosine_s, cfg.noise_schedule_min, cfg.noise_schedule_max}),
-      sequential_(cfg.block_order == "sequential") {
+      sequential_(cfg.block_order == "sequential"),
+      on_cpu_(net_->parameters().front().device().is_cpu()) {
   for (int t = 1; t <= net_->T(); ++t) {
     block_params_.push_back(net_->block(t)->parameters());
     block_opts_.push_back(make_optimizer(cfg_, block_params_.back()));
@@ -90,7 +91,7 @@ std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Ten
 }
 
 int DTMethod::concurrency() const {
-  if (sequential_ || data_parallel() || !net_->parameters().front().device().is_cpu() || cfg_.kernels != "fused")
+  if (sequential_ || data_parallel() || !on_cpu_ || cfg_.kernels != "fused")
     return 1;
   // Per-block shared updates take each head step after the previous one; the blocks can still
   // run concurrently, unless their losses read learned embeddings that those steps change.

@@ -72,6 +72,7 @@ class DTMethod : public Method {
   NoPropNet net_;
   CosineSchedule schedule_;
   bool sequential_;
+  bool on_cpu_;  // where the network lives (concurrent blocks are a CPU feature)
   std::vector<std::unique_ptr<torch::optim::Optimizer>> block_opts_;
   std::unique_ptr<torch::optim::Optimizer> shared_opt_;  // head and (learned) embeddings
   std::vector<std::vector<torch::Tensor>> block_params_;

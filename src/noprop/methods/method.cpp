@@ -15,12 +15,17 @@
 
 namespace noprop {
 
-NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes) {
+BlockOptions block_options(const Config& cfg, const DataInfo& info) {
   const bool proto = cfg.embedding == "prototype";
   const int m = info.num_classes;
   const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
-  block_options = BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto,
-                               cfg.kernels == "fused"};
+  return BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto,
+                      cfg.kernels == "fused"};
+}
+
+NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes) {
+  block_options = noprop::block_options(cfg, info);
+  const int m = block_options.num_classes, d = block_options.embed_dim;
   blocks = register_module("blocks", torch::nn::ModuleList());
   if (cfg.method == "ct" || cfg.method == "fm")
     cblock = register_module("block", ContinuousBlock(block_options));

@@ -22,6 +22,9 @@ namespace noprop {
 
 class Distributed;
 
+// The block options a config asks for on a data set (d follows the embedding).
+BlockOptions block_options(const Config& cfg, const DataInfo& info);
+
 // Blocks, embedding and head, registered under one root so that one Module::save covers them.
 // The discrete-time methods have T blocks; the continuous-time ones (ct, fm) have no discrete
 // blocks and one time-conditioned network `cblock` instead.
