@@ -85,13 +85,24 @@ int run_train(const TrainArgs& a, int argc, char** argv) {
 struct EvalArgs {
   std::string checkpoint, data_dir, device;
   int runs = 0, threads = -1;
-  bool no_noise = false;
+  bool no_noise = false, confusion = false;
   long long seed = -1;
   std::vector<int> steps;
-  std::vector<std::string> solvers, samplers;
+  std::vector<std::string> solvers, samplers, readouts;
 };
 
-// One evaluation per combination of --steps, --solver and --sampler that the method uses.
+// A 2-D integer tensor as nested JSON arrays.
+nlohmann::json tensor_rows(const torch::Tensor& t) {
+  auto c = t.to(torch::kCPU, torch::kInt64).contiguous();
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    const auto* p = c[i].data_ptr<int64_t>();
+    rows.push_back(std::vector<int64_t>(p, p + c.size(1)));
+  }
+  return rows;
+}
+
+// One evaluation per combination of --steps, --solver, --sampler and --readout that the method uses.
 int run_eval(const EvalArgs& a) {
   auto model = load_model(a.checkpoint, a.device);
   const Config& cfg = model.cfg;
@@ -99,6 +110,7 @@ int run_eval(const EvalArgs& a) {
   if (!continuous && (!a.steps.empty() || !a.solvers.empty() || !a.samplers.empty()))
     throw Error("--steps, --solver and --sampler apply to the ct and fm methods; this checkpoint is " + cfg.method);
   if (cfg.method == "fm" && !a.samplers.empty()) throw Error("--sampler applies to the ct method only");
+  if (cfg.method != "dt" && !a.readouts.empty()) throw Error("--readout applies to the dt method only");
   int used_threads = configure_threads(a.threads >= 0 ? a.threads : cfg.threads);
   auto data = load_dataset(cfg.dataset, resolve_data_dir(cfg.dataset, a.data_dir.empty() ? cfg.data_dir : a.data_dir));
 
@@ -108,26 +120,32 @@ int run_eval(const EvalArgs& a) {
   const auto steps = a.steps.empty() ? std::vector<int>{base.steps} : a.steps;
   const auto solvers = a.solvers.empty() ? std::vector<std::string>{base.solver} : a.solvers;
   const auto samplers = a.samplers.empty() ? std::vector<std::string>{base.sampler} : a.samplers;
+  const auto readouts = a.readouts.empty() ? std::vector<std::string>{base.readout} : a.readouts;
   nlohmann::json results = nlohmann::json::array();
-  for (int st : steps) {
-    for (const auto& sampler : samplers) {
-      for (std::size_t si = 0; si < solvers.size(); ++si) {
-        // CT's ancestral sampler has no solver: evaluate it once.
-        if (cfg.method == "ct" && sampler == "ancestral" && si > 0) continue;
-        InferenceOptions io = base;
-        io.steps = st, io.sampler = sampler, io.solver = solvers[si];
-        const auto t0 = std::chrono::steady_clock::now();
-        auto r = evaluate(*model.method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed,
-                          cfg.eval_batch_size, model.device);
-        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        nlohmann::json row = {{"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs},
-                              {"seconds", secs}};
-        if (continuous) row["steps"] = st, row["solver"] = io.solver;
-        if (cfg.method == "ct") row["sampler"] = sampler;
-        if (cfg.method == "ct" && sampler == "ancestral") row.erase("solver");
-        results.push_back(row);
-      }
-    }
+  std::vector<InferenceOptions> combos;
+  for (const auto& readout : readouts)
+    for (int st : steps)
+      for (const auto& sampler : samplers)
+        for (std::size_t si = 0; si < solvers.size(); ++si) {
+          // CT's ancestral sampler has no solver: evaluate it once.
+          if (cfg.method == "ct" && sampler == "ancestral" && si > 0) continue;
+          InferenceOptions io = base;
+          io.steps = st, io.sampler = sampler, io.solver = solvers[si], io.readout = readout;
+          combos.push_back(io);
+        }
+  for (const auto& io : combos) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = evaluate(*model.method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed, cfg.eval_batch_size,
+                      model.device);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    nlohmann::json row = {{"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs},
+                          {"seconds", secs}};
+    if (continuous) row["steps"] = io.steps, row["solver"] = io.solver;
+    if (cfg.method == "ct") row["sampler"] = io.sampler;
+    if (cfg.method == "ct" && io.sampler == "ancestral") row.erase("solver");
+    if (cfg.method == "dt") row["readout"] = io.readout;
+    if (a.confusion) row["confusion"] = tensor_rows(r.confusion);
+    results.push_back(row);
   }
   nlohmann::json out = {{"checkpoint", a.checkpoint},
                         {"epoch", model.state.epoch},
@@ -138,7 +156,16 @@ int run_eval(const EvalArgs& a) {
                         {"test_accuracy_runs", results[0]["test_accuracy_runs"]},
                         {"inference_noise", base.noise},
                         {"threads", used_threads}};
-  if (continuous) out["results"] = results;
+  if (continuous || results.size() > 1) out["results"] = results;
+  if (a.confusion) {
+    // Which class the head gives a perfect latent z = u_k, for each class k: a head that sends
+    // two embeddings to one class cannot tell those classes apart, whatever the blocks learn.
+    torch::NoGradGuard no_grad;
+    auto net = model.method->network();
+    auto u = net->embed->weight.detach();
+    out["confusion"] = results[0]["confusion"];
+    out["head_class_of_embedding"] = tensor_rows(net->head->log_prob(u, u).argmax(1).unsqueeze(0))[0];
+  }
   std::cout << out.dump(2) << std::endl;
   return 0;
 }
@@ -253,6 +280,11 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--sampler", ea.samplers, "ct: samplers, e.g. ancestral,flow")
       ->delimiter(',')
       ->check(CLI::IsMember({"ancestral", "flow"}));
+  eval_cmd->add_flag("--confusion", ea.confusion,
+                     "also print the confusion matrix (rows: true class) and the head's class for each class embedding");
+  eval_cmd->add_option("--readout", ea.readouts, "dt: readouts, e.g. head,blocks (default: the config's)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"head", "blocks"}));
 
   auto* configs_cmd = app.add_subcommand("configs", "List the named configs");
   bool show_keys = false;

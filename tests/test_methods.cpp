@@ -83,6 +83,7 @@ TEST(DT, SequentialPassTouchesOnlyItsBlock) {
 // CE on z_T ~ q(z_T|y) and the KL term as the step reports them (one-hot, T = 3).
 TEST(DT, InterleavedStepReportsAllTerms) {
   Config c = tiny_cfg("dt");
+  c.head_init = "random";
   torch::manual_seed(5);
   DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
   auto x = torch::randn({6, 1, 8, 8});
@@ -93,8 +94,14 @@ TEST(DT, InterleavedStepReportsAllTerms) {
   // One-hot: ‖u_y‖² = 1, d = 4 → KL = ½ [4(−ᾱ_0 − ln(1 − ᾱ_0)) + ᾱ_0].
   double ab0 = m.schedule().alpha_bar(0);
   EXPECT_NEAR(l[4].item<double>(), 0.5 * (4 * (-ab0 - std::log1p(-ab0)) + ab0), 1e-7);
-  EXPECT_GT(l[3].item<double>(), 0.5);  // an untrained head is near ln 4
+  EXPECT_GT(l[3].item<double>(), 0.5);  // an untrained random head is near ln 4
   EXPECT_LT(l[3].item<double>(), 3.0);
+  // The nearest-embedding head reads z_T ≈ u_y (ᾱ_T = 0.999) right from the start:
+  // CE ≈ −ln(e⁵ / (e⁵ + 3)) = 0.020.
+  c.head_init = "embedding";
+  torch::manual_seed(5);
+  DTMethod e(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+  EXPECT_LT(e.train_step(x, y, 0)[3].item<double>(), 0.1);
 }
 
 // Blocks trained concurrently on two threads take the same steps as one after another: each

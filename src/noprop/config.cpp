@@ -121,6 +121,9 @@ const std::vector<Key>& keys() {
       number("embedding_dim", &Config::embedding_dim, 1, 100000, "d of learned embeddings"),
       text("head", &Config::head, {"softmax", "radial"}, "output head (Eq. 14-16)"),
       number("head_sigma", &Config::head_sigma, 1e-6, kBig, "σ of the radial head"),
+      text("head_init", &Config::head_init, {"embedding", "random"},
+           "initial head: nearest-class-embedding readout (β·I − β/2 for one-hot) or random"),
+      number("head_init_scale", &Config::head_init_scale, 0, 1e6, "β of head_init: embedding"),
       number("dropout", &Config::dropout, 0, 0.99, "dropout probability in the image path"),
       text("optimizer", &Config::optimizer, {"adamw", "adam"}, "optimizer"),
       number("batch_size", &Config::batch_size, 2, 1 << 20, "training batch size"),
@@ -129,6 +132,11 @@ const std::vector<Key>& keys() {
       number("weight_decay", &Config::weight_decay, 0, 10, "weight decay"),
       number("grad_clip_max_norm", &Config::grad_clip_max_norm, 0, kBig,
              "gradient norm clip per block (0: off)"),
+      text("grad_clip_scaling", &Config::grad_clip_scaling, {"none", "loss_weight"},
+           "NoProp-DT: block t's clip as is, or times its loss weight ½Tη(SNR(t) − SNR(t−1))"),
+      text("lr_schedule", &Config::lr_schedule, {"constant", "cosine"},
+           "learning rate: constant, or cosine decay to 0 at the last epoch (after the warm-up)"),
+      number("warmup_epochs", &Config::warmup_epochs, 0, 1e6, "linear learning-rate warm-up, in epochs"),
       text("on_nonfinite", &Config::on_nonfinite, {"skip", "stop"},
            "NaN/Inf loss or gradient: skip that block's update (counted) or stop the run"),
       number("seed", &Config::seed, 0, 9.2e18, "random seed"),
@@ -140,6 +148,8 @@ const std::vector<Key>& keys() {
       text("solver", &Config::solver, {"euler", "heun"}, "CT probability flow and FM: ODE solver"),
       text("ct_sampler", &Config::ct_sampler, {"ancestral", "flow"},
            "CT: ancestral steps of Eq. 3 or the probability-flow ODE"),
+      text("readout", &Config::readout, {"head", "blocks"},
+           "NoProp-DT inference: the head on z_T, or the mean of the blocks' class probabilities"),
       number("inference_runs", &Config::inference_runs, 1, 1000, "stochastic inference runs averaged at the end"),
       number("inference_seed", &Config::inference_seed, 0, 9.2e18, "seed of the inference noise"),
       number("eval_batch_size", &Config::eval_batch_size, 1, 1 << 20, "evaluation batch size"),
@@ -148,6 +158,7 @@ const std::vector<Key>& keys() {
       flag("detailed_logging", &Config::detailed_logging, "per-batch rows in batches.csv"),
       flag("save_best", &Config::save_best, "write best.pt"),
       flag("save_final", &Config::save_final, "write final.pt"),
+      number("checkpoint_every", &Config::checkpoint_every, 0, 1e9, "also keep epoch_N.pt every N epochs (0: never)"),
       flag("plot", &Config::plot, "write curves.png and curves.svg into the run directory at the end (gnuplot)"),
       text("device", &Config::device, {}, "cpu, cuda or cuda:N"),
       number("threads", &Config::threads, 0, 4096, "CPU threads (0: all cores)"),
@@ -228,6 +239,9 @@ void validate(const Config& cfg) {
     throw Error("config: noise_schedule_min must be below noise_schedule_max");
   if (cfg.embedding == "prototype" && cfg.head == "radial")
     throw Error("config key 'head': radial head is not supported with prototype embeddings");
+  if (cfg.warmup_epochs > cfg.epochs)
+    throw Error("config key 'warmup_epochs': " + number_text(cfg.warmup_epochs) + " is longer than the run (" +
+                std::to_string(cfg.epochs) + " epochs)");
   bool cpu = cfg.device == "cpu";
   bool cuda = cfg.device == "cuda" || cfg.device.rfind("cuda:", 0) == 0;
   if (!cpu && !cuda)

@@ -40,6 +40,12 @@ struct Config {
   int embedding_dim = 20;              // d for learned embeddings
   std::string head = "softmax";        // softmax | radial (Eq. 14-16)
   double head_sigma = 1.0;             // σ of the radial head (ours)
+  // The head's initial weights, which the paper leaves open: the nearest-class-embedding
+  // readout (W_out = β W_embed / r², b_k = −β ‖u_k‖² / (2 r²), r² the mean ‖u_k‖²; β·I − β/2
+  // for one-hot), or LibTorch's random Linear init. With a random head, two simplex corners can
+  // share a class and the back-prop baseline stalls (docs/method.md) (ours).
+  std::string head_init = "embedding";  // embedding | random
+  double head_init_scale = 5.0;         // β
   double dropout = 0.2;
 
   // Optimisation.
@@ -49,6 +55,13 @@ struct Config {
   double learning_rate = 1e-3;
   double weight_decay = 1e-3;
   double grad_clip_max_norm = 1.0;  // per block; 0 disables
+  // NoProp-DT: block t's clip is grad_clip_max_norm (none) or grad_clip_max_norm × its loss
+  // weight ½Tη(SNR(t) − SNR(t−1)) (loss_weight), so that the clip acts alike on every block (ours).
+  std::string grad_clip_scaling = "none";
+  // Learning rate over the run: constant, or cosine decay to 0 at the last epoch; both after a
+  // linear warm-up of warmup_epochs (fractions allowed) (ours; the paper uses a constant rate).
+  std::string lr_schedule = "constant";
+  double warmup_epochs = 0;
   std::string on_nonfinite = "skip";  // NaN/Inf loss or gradient: skip that update | stop the run
   long long seed = 42;
   bool early_stopping = false;          // stop once test accuracy reaches the target
@@ -60,6 +73,10 @@ struct Config {
   std::string solver = "euler";  // CT flow and FM: euler | heun
   std::string ct_sampler = "ancestral";  // CT: ancestral (Eq. 3) | flow (probability-flow ODE)
   int inference_runs = 5;        // stochastic runs averaged at the end of training
+  // NoProp-DT: the class scores of an inference run: the head on z_T (head, the paper's
+  // p̂_θout(y | z_T)), or the mean of the T blocks' class probabilities softmax(logits_t) along
+  // the same chain (blocks; training is unchanged) (ours).
+  std::string readout = "head";
   long long inference_seed = 0;
   int eval_batch_size = 1000;
   bool train_eval = false;       // also measure training-set accuracy each epoch
@@ -69,6 +86,7 @@ struct Config {
   bool detailed_logging = false; // per-batch rows in batches.csv
   bool save_best = true;
   bool save_final = true;
+  int checkpoint_every = 0;      // also keep epoch_N.pt every N epochs (0: never)
   bool plot = true;              // curves.png / curves.svg in the run directory at the end (gnuplot)
 
   // Runtime.

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -162,7 +163,12 @@ EvalResult evaluate(Method& method, const Dataset& data, int runs, const Inferen
       int64_t e = std::min(n, i + batch_size);
       auto x = data.images.slice(0, i, e).to(device);
       auto y = data.labels.slice(0, i, e).to(device);
-      correct += (method.predict(x, inference, gen).argmax(1) == y).sum();
+      auto scores = method.predict(x, inference, gen);
+      auto pred = scores.argmax(1);
+      correct += (pred == y).sum();
+      const int64_t m = scores.size(1);
+      auto counts = torch::bincount(y * m + pred, {}, m * m).view({m, m}).to(torch::kCPU, torch::kInt64);
+      r.confusion = r.confusion.defined() ? r.confusion + counts : counts;
     }
     r.runs.push_back(100.0 * double(correct.item<int64_t>()) / double(n));
   }
@@ -180,6 +186,19 @@ fs::path default_run_dir(const std::string& config_name) {
   fs::path dir = base;
   for (int i = 2; fs::exists(dir); ++i) dir = base.string() + "-" + std::to_string(i);
   return dir;
+}
+
+double learning_rate_at(const Config& cfg, int64_t step, int64_t steps_per_epoch) {
+  const double total = double(cfg.epochs) * double(steps_per_epoch);
+  const double warm = cfg.warmup_epochs * double(steps_per_epoch);
+  const double s = double(step) + 1;  // the rate of the step about to be taken
+  double lr = cfg.learning_rate;
+  if (s < warm) lr *= s / warm;
+  if (cfg.lr_schedule == "cosine" && total > warm) {
+    const double progress = std::clamp((double(step) - warm) / (total - warm), 0.0, 1.0);
+    lr *= 0.5 * (1 + std::cos(M_PI * progress));
+  }
+  return lr;
 }
 
 nlohmann::json train(const RunOptions& opt) {
@@ -273,6 +292,7 @@ nlohmann::json train(const RunOptions& opt) {
         state.loss_counts.scalar_type() != torch::kInt64)
       throw Error((dir / "final.pt").string() + ": its interrupted-epoch state does not match this run");
   }
+  const bool scheduled_lr = cfg.lr_schedule != "constant" || cfg.warmup_epochs > 0;
   double train_seconds_total = 0;
   int64_t epochs_run = 0;
   std::string stop_reason = "epochs";
@@ -331,6 +351,7 @@ nlohmann::json train(const RunOptions& opt) {
         auto y = data.train.labels.index_select(0, idx);
         if (cfg.augment) augment_batch(x, 4);
         if (state.step + 1 == inject_step) x = torch::full_like(x, NAN);
+        if (scheduled_lr) method->set_learning_rate(learning_rate_at(cfg, state.step, batches_per_pass * passes));
         auto losses = method->train_step(x.to(device), y.to(device), pass);
         ++state.step;
         if (state.step == interrupt_step) std::raise(SIGINT);
@@ -398,6 +419,8 @@ nlohmann::json train(const RunOptions& opt) {
     if (improved) state.best_test_accuracy = last_eval_acc, state.best_epoch = epoch;
     if (lead && cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
     if (lead && cfg.save_best && improved) save_checkpoint(dir / "best.pt", *method, state);
+    if (lead && cfg.checkpoint_every > 0 && epoch % cfg.checkpoint_every == 0)
+      save_checkpoint(dir / ("epoch_" + std::to_string(epoch) + ".pt"), *method, state);
 
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "

@@ -18,12 +18,18 @@ namespace noprop {
 struct EvalResult {
   double mean = 0, stddev = 0;  // accuracy in percent over the runs
   std::vector<double> runs;
+  torch::Tensor confusion;  // m×m counts over every run: row = true class, column = predicted
 };
 
 // Accuracy of `runs` inference runs on `data` (one generator seeded with `seed`, drawn in
 // sequence, so run r is reproducible); sample standard deviation over runs.
 EvalResult evaluate(Method& method, const Dataset& data, int runs, const InferenceOptions& inference, int64_t seed,
                     int batch_size, torch::Device device);
+
+// The learning rate of global step `step` (0-based) of a run of cfg.epochs epochs with
+// `steps_per_epoch` steps each: cfg.learning_rate after a linear warm-up over warmup_epochs,
+// then constant or cosine-decayed to 0 at the last step (lr_schedule).
+double learning_rate_at(const Config& cfg, int64_t step, int64_t steps_per_epoch);
 
 struct RunOptions {
   Config cfg;

@@ -28,6 +28,8 @@ class BackpropMethod : public Method {
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;
   std::vector<torch::Tensor> parameters() override { return params_; }
+  NoPropNet network() override { return model_->net; }
+  std::vector<torch::optim::Optimizer*> optimizers() override { return {opt_.get()}; }
   BackpropNet model() { return model_; }
 
  private:

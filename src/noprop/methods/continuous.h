@@ -20,6 +20,8 @@ class ContinuousMethod : public Method {
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;
   std::vector<torch::Tensor> parameters() override { return params_; }
+  NoPropNet network() override { return net_; }
+  std::vector<torch::optim::Optimizer*> optimizers() override { return {opt_.get()}; }
   NoPropNet net() { return net_; }
 
  protected:

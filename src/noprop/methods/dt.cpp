@@ -25,6 +25,7 @@ DTMethod::DTMethod(const Config& cfg, NoPropNet net)
     block_opts_.push_back(make_optimizer(cfg_, block_params_.back()));
   }
   shared_params_ = net_->head->parameters();
+  head_param_count_ = shared_params_.size();
   if (net_->embed->learned) shared_params_.push_back(net_->embed->weight);
   shared_opt_ = make_optimizer(cfg_, shared_params_);
 }
@@ -36,10 +37,34 @@ std::vector<std::string> DTMethod::loss_names() const {
   return names;
 }
 
-torch::Tensor DTMethod::block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const {
-  const double weight = 0.5 * schedule_.T() * cfg_.eta * schedule_.snr_delta(t);
-  return weight * (u_hat - u_y).pow(2).sum(1).mean();
+std::vector<torch::optim::Optimizer*> DTMethod::optimizers() {
+  std::vector<torch::optim::Optimizer*> all;
+  for (auto& o : block_opts_) all.push_back(o.get());
+  all.push_back(shared_opt_.get());
+  return all;
 }
+
+double DTMethod::loss_weight(int t) const { return 0.5 * schedule_.T() * cfg_.eta * schedule_.snr_delta(t); }
+
+torch::Tensor DTMethod::block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const {
+  return loss_weight(t) * (u_hat - u_y).pow(2).sum(1).mean();
+}
+
+std::vector<double> DTMethod::clip_norms(int t) const {
+  const double c = cfg_.grad_clip_max_norm;
+  return {cfg_.grad_clip_scaling == "loss_weight" ? c * loss_weight(t) : c, c, c};
+}
+
+namespace {
+// Splits the shared gradients (head first, then embeddings) into their two clipping groups:
+// the embeddings' gradient carries the blocks' loss weights (up to ~500 for the last blocks),
+// and a joint clip would shrink the head's step with it.
+std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> split_shared(const std::vector<torch::Tensor>& g,
+                                                                               std::size_t head_count) {
+  const auto mid = g.begin() + std::ptrdiff_t(std::min(head_count, g.size()));
+  return {{g.begin(), mid}, {mid, g.end()}};
+}
+}  // namespace
 
 DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed,
                                          bool shared_terms) {
@@ -71,8 +96,10 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
   const auto n = std::ptrdiff_t(block_params_[t - 1].size());
   std::vector<torch::Tensor> block_grads(grads.begin(), grads.begin() + n);
   r.shared_grads.assign(grads.begin() + n, grads.end());
-  if (!clip_and_check_grads({block_grads, r.shared_grads}, cfg_.grad_clip_max_norm, total, "block " + std::to_string(t)))
+  auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
+  if (!clip_and_check_grads({block_grads, head_grads, embed_grads}, clip_norms(t), total, "block " + std::to_string(t)))
     return {};
+  // The clip scaled the split copies' storage in place, which the shared gradients share.
   for (std::ptrdiff_t i = 0; i < n; ++i) block_params_[t - 1][size_t(i)].mutable_grad() = block_grads[size_t(i)];
   block_opts_[t - 1]->step();
   r.stepped = true;
@@ -135,7 +162,8 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
       std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
       if (!shared_params_.empty())
         r.shared_grads = torch::autograd::grad({r.ce + r.kl}, shared_params_, {}, false, false, true);
-      if (!clip_and_check_grads({r.shared_grads}, cfg_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
+      auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
+      if (!clip_and_check_grads({head_grads, embed_grads}, cfg_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
     }
     for (size_t i = 0; i < shared_params_.size(); ++i) shared_params_[i].mutable_grad() = r.shared_grads[i];
     shared_opt_->step();
@@ -281,12 +309,18 @@ torch::Tensor DTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
     z0 = normal_like(z0, gen);
     for (int t = 1; t <= T; ++t) eps[t] = normal_like(z0, gen);
   }
+  const bool blocks = opt.readout == "blocks";
+  TORCH_CHECK(blocks || opt.readout == "head", "unknown readout '", opt.readout, "'");
   return in_chunks(B, x.device(), [&](int64_t b, int64_t e) {
     const auto xs = x.slice(0, b, e);
     auto z = z0.slice(0, b, e);
-    for (int t = 1; t <= T; ++t)
-      z = inference_step(t, net_->denoise(t, xs, z), z, opt.noise ? eps[t].slice(0, b, e) : torch::Tensor());
-    return net_->head->log_prob(z, net_->embed->weight);
+    torch::Tensor prob_sum;
+    for (int t = 1; t <= T; ++t) {
+      auto p = torch::softmax(net_->block(t)->forward(xs, z), 1);
+      if (blocks) prob_sum = prob_sum.defined() ? prob_sum + p : p;
+      z = inference_step(t, p.matmul(net_->embed->weight), z, opt.noise ? eps[t].slice(0, b, e) : torch::Tensor());
+    }
+    return blocks ? torch::log(prob_sum / T) : net_->head->log_prob(z, net_->embed->weight);
   });
 }
 

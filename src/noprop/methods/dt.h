@@ -29,6 +29,8 @@ class DTMethod : public Method {
   void save(torch::serialize::OutputArchive& ar) override;
   void load(torch::serialize::InputArchive& ar) override;
   std::vector<torch::Tensor> parameters() override { return net_->parameters(); }
+  NoPropNet network() override { return net_; }
+  std::vector<torch::optim::Optimizer*> optimizers() override;
 
   // Block-parallel (parallel: block): rank r trains blocks t with (t − 1) mod P = r; the ranks
   // then exchange each block's gradient of the head and embeddings, and every rank applies the
@@ -40,8 +42,11 @@ class DTMethod : public Method {
   // Whether this rank trains block t (always, in one process).
   bool owns(int t) const;
 
-  // The loss of block t for given û and u_y (exposed for tests).
+  // The loss of block t for given û and u_y (exposed for tests), and its weight ½Tη(SNR(t) − SNR(t−1)).
   torch::Tensor block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const;
+  double loss_weight(int t) const;
+  // The gradient-norm clips of block t's step: its own parameters, the head, the embeddings.
+  std::vector<double> clip_norms(int t) const;
   // One step of Eq. 3: z_t = a_t û + b_t z_{t−1} + √c_t ε.
   torch::Tensor inference_step(int t, const torch::Tensor& u_hat, const torch::Tensor& z_prev,
                                const torch::Tensor& eps) const;
@@ -76,7 +81,8 @@ class DTMethod : public Method {
   std::vector<std::unique_ptr<torch::optim::Optimizer>> block_opts_;
   std::unique_ptr<torch::optim::Optimizer> shared_opt_;  // head and (learned) embeddings
   std::vector<std::vector<torch::Tensor>> block_params_;
-  std::vector<torch::Tensor> shared_params_;
+  std::vector<torch::Tensor> shared_params_;  // the head's, then the learned embeddings (if any)
+  std::size_t head_param_count_ = 0;
 };
 
 }  // namespace noprop

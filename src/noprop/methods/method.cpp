@@ -33,6 +33,18 @@ NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torc
     for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(DenoiseBlock(block_options));
   embed = register_module("embed", ClassEmbedding(cfg.embedding, m, d, prototypes));
   head = register_module("head", Head(cfg.head, d, m, cfg.head_sigma));
+  // After the Linear's own random init, so that every other parameter draws the same numbers
+  // whichever head_init is chosen.
+  if (cfg.head_init == "embedding") init_head_from_embedding(head, embed->weight, cfg.head_init_scale);
+}
+
+void init_head_from_embedding(Head& head, const torch::Tensor& embed_weight, double beta) {
+  torch::NoGradGuard no_grad;
+  auto u = embed_weight.detach().to(torch::kFloat64);
+  auto sq = u.pow(2).sum(1);  // ‖u_k‖²
+  const double r2 = std::max(sq.mean().item<double>(), 1e-12);
+  head->fc->weight.copy_(u * (beta / r2));
+  head->fc->bias.copy_(sq * (-beta / (2 * r2)));
 }
 
 torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch::Tensor& z) {
@@ -40,7 +52,12 @@ torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch:
 }
 
 InferenceOptions inference_options(const Config& cfg) {
-  return InferenceOptions{cfg.inference_noise, cfg.inference_steps, cfg.solver, cfg.ct_sampler};
+  return InferenceOptions{cfg.inference_noise, cfg.inference_steps, cfg.solver, cfg.ct_sampler, cfg.readout};
+}
+
+void Method::set_learning_rate(double lr) {
+  for (auto* opt : optimizers())
+    for (auto& group : opt->param_groups()) group.options().set_lr(lr);
 }
 
 int64_t Method::parameter_count() {
@@ -185,10 +202,13 @@ bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& group
   return clip_and_check_grads(grads_of(groups), max_norm, loss, part);
 }
 
-bool Method::clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, double max_norm,
-                                  const torch::Tensor& loss, const std::string& part) {
+bool Method::clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads,
+                                  const std::vector<double>& max_norms, const torch::Tensor& loss,
+                                  const std::string& part) {
+  TORCH_CHECK(max_norms.size() == grads.size(), "one max norm per gradient group");
   std::vector<torch::Tensor> checks{loss.detach().reshape({1}).to(torch::kFloat)};
-  for (const auto& g : grads) checks.push_back(clip_grads(g, max_norm).reshape({1}).to(loss.device(), torch::kFloat));
+  for (std::size_t i = 0; i < grads.size(); ++i)
+    checks.push_back(clip_grads(grads[i], max_norms[i]).reshape({1}).to(loss.device(), torch::kFloat));
   if (torch::isfinite(torch::cat(checks)).all().item<bool>()) return true;
   for (const auto& g : grads)
     for (const auto& t : g)

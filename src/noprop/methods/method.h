@@ -49,8 +49,9 @@ struct InferenceOptions {
   int steps = 1000;                    // discretisation of t ∈ [0, 1]
   std::string solver = "euler";        // euler | heun: the FM ODE and CT's probability flow
   std::string sampler = "ancestral";   // CT: ancestral (Eq. 3 on the learned schedule) | flow
+  std::string readout = "head";        // DT: head (on z_T) | blocks (mean of the blocks' probabilities)
 };
-// The options a config asks for (inference_noise, inference_steps, solver, ct_sampler).
+// The options a config asks for (inference_noise, inference_steps, solver, ct_sampler, readout).
 InferenceOptions inference_options(const Config& cfg);
 
 class Method {
@@ -75,6 +76,12 @@ class Method {
   virtual void load(torch::serialize::InputArchive& ar) = 0;
   // Every trained parameter (blocks, head, embeddings, method-specific ones).
   virtual std::vector<torch::Tensor> parameters() = 0;
+  // The blocks, embedding and head.
+  virtual NoPropNet network() = 0;
+  // Every optimizer the method steps (the trainer's learning-rate schedule sets their rate).
+  virtual std::vector<torch::optim::Optimizer*> optimizers() = 0;
+  // Sets the learning rate of every parameter group of every optimizer.
+  void set_learning_rate(double lr);
   int64_t parameter_count();
 
   // The parts ("block 3", "network", ...) whose update the last train_step skipped because the
@@ -97,7 +104,7 @@ class Method {
   virtual void synchronise() {}
 
  protected:
-  // After backward(): clips each group's gradients (grad_clip_max_norm) and checks the loss
+  // After backward(): clips each group's gradients (to max_norm) and checks the loss
   // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
   // gradients, records `part` and returns false: the caller must not step.
   bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
@@ -105,6 +112,11 @@ class Method {
   // The same on gradients held apart from their parameters (undefined entries: no gradient),
   // clipped in place, without the data-parallel averaging; safe to call from several threads.
   bool clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, double max_norm,
+                            const torch::Tensor& loss, const std::string& part) {
+    return clip_and_check_grads(grads, std::vector<double>(grads.size(), max_norm), loss, part);
+  }
+  // The same with a max norm per group.
+  bool clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, const std::vector<double>& max_norms,
                             const torch::Tensor& loss, const std::string& part);
 
   Distributed* dist_ = nullptr;
@@ -117,6 +129,11 @@ class Method {
 // Builds the configured method on `device`; `train` supplies prototype images when needed.
 std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
                                     torch::Device device);
+
+// head_init: embedding — the nearest-class-embedding readout: fc.weight = β W_embed / r²,
+// fc.bias_k = −β ‖u_k‖² / (2 r²) with r² the mean ‖u_k‖² (β·I and −β/2 for one-hot), so that
+// logit_k = −β ‖z − u_k‖² / (2 r²) + a term common to all classes.
+void init_head_from_embedding(Head& head, const torch::Tensor& embed_weight, double beta);
 
 // Helpers shared by the methods.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params);
