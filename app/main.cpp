@@ -85,7 +85,7 @@ int run_train(const TrainArgs& a, int argc, char** argv) {
 struct EvalArgs {
   std::string checkpoint, data_dir, device;
   int runs = 0, threads = -1;
-  bool no_noise = false, confusion = false;
+  bool no_noise = false, noise = false, confusion = false;
   long long seed = -1;
   std::vector<int> steps;
   std::vector<std::string> solvers, samplers, readouts;
@@ -115,7 +115,7 @@ int run_eval(const EvalArgs& a) {
   auto data = load_dataset(cfg.dataset, resolve_data_dir(cfg.dataset, a.data_dir.empty() ? cfg.data_dir : a.data_dir));
 
   InferenceOptions base = inference_options(cfg);
-  base.noise = cfg.inference_noise && !a.no_noise;
+  base.noise = a.noise || (cfg.inference_noise && !a.no_noise);
   const int n = a.runs > 0 ? a.runs : (base.noise ? cfg.inference_runs : 1);
   const auto steps = a.steps.empty() ? std::vector<int>{base.steps} : a.steps;
   const auto solvers = a.solvers.empty() ? std::vector<std::string>{base.solver} : a.solvers;
@@ -267,7 +267,9 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--data-dir", ea.data_dir, "data directory");
   eval_cmd->add_option("--inference-runs", ea.runs, "stochastic inference runs (default: the config's)")
       ->check(CLI::Range(1, 1000));
-  eval_cmd->add_flag("--no-noise", ea.no_noise, "deterministic inference: z_0 = 0, ε_t = 0");
+  auto* no_noise_flag = eval_cmd->add_flag("--no-noise", ea.no_noise, "deterministic inference: z_0 = 0, ε_t = 0");
+  eval_cmd->add_flag("--noise", ea.noise, "stochastic inference (z_0 and ε_t drawn) whatever the config says")
+      ->excludes(no_noise_flag);
   eval_cmd->add_option("--seed", ea.seed, "inference seed")->check(CLI::NonNegativeNumber);
   eval_cmd->add_option("--threads", ea.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
   eval_cmd->add_option("--device", ea.device, "cpu, cuda or cuda:N");

@@ -49,7 +49,7 @@ struct InferenceOptions {
   int steps = 1000;                    // discretisation of t ∈ [0, 1]
   std::string solver = "euler";        // euler | heun: the FM ODE and CT's probability flow
   std::string sampler = "ancestral";   // CT: ancestral (Eq. 3 on the learned schedule) | flow
-  std::string readout = "head";        // DT: head (on z_T) | blocks (mean of the blocks' probabilities)
+  std::string readout = "blocks";      // DT: blocks (mean of the blocks' probabilities) | head (on z_T)
 };
 // The options a config asks for (inference_noise, inference_steps, solver, ct_sampler, readout).
 InferenceOptions inference_options(const Config& cfg);
