@@ -78,11 +78,13 @@ TEST_F(CliTest, TrainThenEvalAgree) {
   write_synthetic_mnist(dir / "data", 256, 100);
   {
     std::ofstream cfg(dir / "tiny.yaml");
-    cfg << "# tiny\ndataset: mnist\narchitecture: seed\nnum_layers: 2\nbatch_size: 64\nepochs: 1\ninference_runs: 3\n";
+    cfg << "# tiny\ndataset: mnist\narchitecture: seed\nnum_layers: 2\nbatch_size: 64\nepochs: 1\ninference_runs: 3\n"
+           "checkpoint_every: 1\n";
   }
   auto r = run("train --config " + (dir / "tiny.yaml").string() + " --threads 1 --data-dir " + (dir / "data").string() +
                " --out " + (dir / "run").string());
   ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "run" / "epoch_1.pt"));
   auto summary = nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"));
   for (auto key : {"test_accuracy", "best_test_accuracy", "test_accuracy_std", "epochs", "seconds_per_epoch",
                    "peak_rss_mb", "threads", "device", "torch_version"})
@@ -98,7 +100,31 @@ TEST_F(CliTest, TrainThenEvalAgree) {
   r = run("eval --no-noise --checkpoint " + (dir / "run" / "final.pt").string() + " --data-dir " +
           (dir / "data").string());
   ASSERT_EQ(r.code, 0) << r.out;
+  const double deterministic = nlohmann::json::parse(r.out)["test_accuracy"].get<double>();
   EXPECT_EQ(nlohmann::json::parse(r.out)["test_accuracy_std"].get<double>(), 0.0);
+  // Both DT readouts of the epoch checkpoint in one call, with the confusion matrix and the
+  // head's class for each embedding (the nearest-embedding head: class k for corner k).
+  r = run("eval --no-noise --readout blocks,head --confusion --checkpoint " + (dir / "run" / "epoch_1.pt").string() +
+          " --data-dir " + (dir / "data").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto both = nlohmann::json::parse(r.out);
+  ASSERT_EQ(both["results"].size(), 2u) << r.out;
+  EXPECT_EQ(both["results"][0]["readout"], "blocks");
+  EXPECT_EQ(both["results"][1]["readout"], "head");
+  EXPECT_DOUBLE_EQ(both["results"][0]["test_accuracy"].get<double>(), deterministic);  // blocks is the default
+  EXPECT_EQ(both["head_class_of_embedding"], nlohmann::json({0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  int64_t total = 0, diagonal = 0;
+  ASSERT_EQ(both["confusion"].size(), 10u);
+  for (int i = 0; i < 10; ++i)
+    for (int j = 0; j < 10; ++j) {
+      total += both["confusion"][i][j].get<int64_t>();
+      if (i == j) diagonal += both["confusion"][i][j].get<int64_t>();
+    }
+  EXPECT_EQ(total, 100);
+  EXPECT_DOUBLE_EQ(double(diagonal), deterministic);  // 100 test images: percent = count
+  r = run("eval --noise --no-noise --checkpoint " + (dir / "run" / "final.pt").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("excludes"), std::string::npos) << r.out;
   r = run("eval --steps 10" + std::string(" --checkpoint ") + (dir / "run" / "final.pt").string() + " --data-dir " +
           (dir / "data").string());
   EXPECT_EQ(r.code, 1);
