@@ -167,11 +167,12 @@ EvalResult evaluate(Method& method, const Dataset& data, int runs, const Inferen
       auto pred = scores.argmax(1);
       correct += (pred == y).sum();
       const int64_t m = scores.size(1);
-      auto counts = torch::bincount(y * m + pred, {}, m * m).view({m, m}).to(torch::kCPU, torch::kInt64);
-      r.confusion = r.confusion.defined() ? r.confusion + counts : counts;
+      auto counts = torch::bincount(y * m + pred, {}, m * m).view({m, m});
+      r.confusion = r.confusion.defined() ? r.confusion + counts : counts;  // stays on the device
     }
     r.runs.push_back(100.0 * double(correct.item<int64_t>()) / double(n));
   }
+  if (r.confusion.defined()) r.confusion = r.confusion.to(torch::kCPU, torch::kInt64);
   double sum = 0, sq = 0;
   for (double v : r.runs) sum += v;
   r.mean = sum / runs;

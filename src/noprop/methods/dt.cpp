@@ -99,7 +99,7 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
   auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
   if (!clip_and_check_grads({block_grads, head_grads, embed_grads}, clip_norms(t), total, "block " + std::to_string(t)))
     return {};
-  // The clip scaled the split copies' storage in place, which the shared gradients share.
+  // The clip scales in place: r.shared_grads now holds the clipped head and embedding gradients.
   for (std::ptrdiff_t i = 0; i < n; ++i) block_params_[t - 1][size_t(i)].mutable_grad() = block_grads[size_t(i)];
   block_opts_[t - 1]->step();
   r.stepped = true;
