@@ -348,9 +348,9 @@ int main(int argc, char** argv) {
 
   ImageArgs ia;
   auto* image_cmd = data_cmd->add_subcommand("image", "Write one image of a data set as PNG; prints its label as JSON");
-  image_cmd->add_option("dataset", ia.dataset, "mnist, fashion-mnist, cifar10 or cifar100")
+  image_cmd->add_option("dataset", ia.dataset, "mnist, fashion-mnist, cifar10, cifar100 or cifar100-coarse")
       ->required()
-      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10", "cifar100"}));
+      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"}));
   image_cmd->add_option("--index", ia.index, "image index in the split (default 0)")->check(CLI::NonNegativeNumber);
   image_cmd->add_option("--split", ia.split, "test or train (default test)")->check(CLI::IsMember({"test", "train"}));
   image_cmd->add_option("--out", ia.out, "PNG file to write")->required();

@@ -141,6 +141,13 @@ TEST_F(DataTest, ReadsCifar10And100) {
   EXPECT_EQ(e.train.size(), 7);
   EXPECT_EQ(e.train.labels[5].item<int64_t>(), 95);  // the fine label
   EXPECT_EQ(e.info.num_classes, 100);
+  // The same files read with their superclasses: record i's coarse byte is i % 20.
+  auto f = load_dataset("cifar100-coarse", dir);
+  EXPECT_EQ(f.info.num_classes, 20);
+  EXPECT_EQ(f.train.size(), 7);
+  EXPECT_EQ(f.train.labels[5].item<int64_t>(), 5);
+  EXPECT_TRUE(torch::equal(f.train.images, e.train.images));
+  EXPECT_EQ(class_names("cifar100-coarse").size(), 20u);
 }
 
 TEST_F(DataTest, CifarMalformed) {

@@ -97,11 +97,13 @@ constexpr double kBig = 1e12;
 
 const std::vector<Key>& keys() {
   static const std::vector<Key> k = {
-      text("dataset", &Config::dataset, {"mnist", "fashion-mnist", "cifar10", "cifar100"},
-           "data set"),
+      text("dataset", &Config::dataset, {"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"},
+           "data set (cifar100-coarse: CIFAR-100's files with its 20 superclass labels)"),
       text("data_dir", &Config::data_dir, {}, "data directory (else --data-dir, $NOPROP_DATA, ./data)"),
       flag("augment", &Config::augment, "CIFAR random crop (padding 4) and horizontal flip"),
       number("train_samples", &Config::train_samples, 0, 1e9, "use only the first N training samples (0: all)"),
+      number("test_samples", &Config::test_samples, 0, 1e9,
+             "evaluate on the first N test samples only (0: all; quick runs, not results)"),
       text("method", &Config::method, {"dt", "backprop", "ct", "fm"}, "training method"),
       number("num_layers", &Config::num_layers, 1, 1000, "T, the number of blocks"),
       number("eta", &Config::eta, 0, kBig, "η, weight of the denoising loss (Eq. 8)"),

@@ -12,10 +12,11 @@ namespace noprop {
 
 struct Config {
   // Data.
-  std::string dataset = "mnist";  // mnist | fashion-mnist | cifar10 | cifar100
+  std::string dataset = "mnist";  // mnist | fashion-mnist | cifar10 | cifar100 | cifar100-coarse
   std::string data_dir;           // empty: --data-dir, $NOPROP_DATA, ./data, /usr/share/datasets
   bool augment = false;           // CIFAR random crop (pad 4) + horizontal flip; off as in the paper
   int train_samples = 0;          // use only the first N training samples (0: all), for quick runs
+  int test_samples = 0;           // evaluate on the first N test samples only (0: all), for quick runs
 
   // Method.
   std::string method = "dt";                 // dt | backprop | ct | fm

@@ -99,7 +99,7 @@ std::vector<std::string> required_files(const std::string& name) {
   if (name == "cifar10")
     return {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
             "data_batch_5.bin", "test_batch.bin"};
-  if (name == "cifar100") return {"train.bin", "test.bin"};
+  if (name == "cifar100" || name == "cifar100-coarse") return {"train.bin", "test.bin"};
   return {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
           "t10k-labels-idx1-ubyte"};
 }
@@ -108,7 +108,7 @@ std::vector<std::string> subfolders(const std::string& name) {
   if (name == "mnist") return {"mnist", "MNIST", "MNIST/raw"};
   if (name == "fashion-mnist") return {"fashion-mnist", "FashionMNIST", "FashionMNIST/raw"};
   if (name == "cifar10") return {"cifar10", "cifar-10", "cifar-10-batches-bin", "cifar-10-jpeg"};
-  return {"cifar100", "cifar-100", "cifar-100-binary"};
+  return {"cifar100", "cifar-100", "cifar-100-binary"};  // both CIFAR-100 labellings
 }
 
 bool has_all(const fs::path& dir, const std::string& name) {
@@ -131,7 +131,10 @@ DataInfo dataset_info(const std::string& name) {
     return {name, 3, 32, 32, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
   if (name == "cifar100")
     return {name, 3, 32, 32, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
-  throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100)");
+  // The same files labelled with their 20 superclasses (the record's first byte).
+  if (name == "cifar100-coarse")
+    return {name, 3, 32, 32, 20, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
+  throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100, cifar100-coarse)");
 }
 
 std::vector<std::string> class_names(const std::string& name) {
@@ -140,6 +143,12 @@ std::vector<std::string> class_names(const std::string& name) {
     return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
   if (name == "cifar10")
     return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+  if (name == "cifar100-coarse")
+    return {"aquatic mammals", "fish", "flowers", "food containers", "fruit and vegetables",
+            "household electrical devices", "household furniture", "insects", "large carnivores",
+            "large man-made outdoor things", "large natural outdoor scenes", "large omnivores and herbivores",
+            "medium-sized mammals", "non-insect invertebrates", "people", "reptiles", "small mammals", "trees",
+            "vehicles 1", "vehicles 2"};
   std::vector<std::string> out;
   for (int i = 0; i < info.num_classes; ++i) out.push_back(std::to_string(i));
   return out;
@@ -166,9 +175,9 @@ std::vector<uint8_t> read_idx_labels(const fs::path& path, int num_classes) {
   return labels;
 }
 
-CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100) {
+CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100, bool coarse) {
   const std::size_t label_bytes = cifar100 ? 2 : 1, pixels = 3 * 32 * 32, record = label_bytes + pixels;
-  const int classes = cifar100 ? 100 : 10;
+  const int classes = cifar100 ? (coarse ? 20 : 100) : 10;
   CifarRecords out;
   for (const auto& path : files) {
     auto bytes = read_maybe_gz(path);
@@ -180,7 +189,7 @@ CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100) {
     std::size_t n = bytes.size() / record;
     for (std::size_t i = 0; i < n; ++i) {
       const uint8_t* r = bytes.data() + i * record;
-      uint8_t label = r[label_bytes - 1];
+      uint8_t label = cifar100 && coarse ? r[0] : r[label_bytes - 1];
       if (cifar100 && r[0] >= 20)
         fail(path, "coarse label " + std::to_string(r[0]) + " of record " + std::to_string(i) +
                        " is out of range 0..19");
@@ -240,15 +249,15 @@ DataSplits load_dataset(const std::string& name, const fs::path& dir) {
   splits.info = dataset_info(name);
   const auto& info = splits.info;
   fs::path where = locate_dataset(name, dir);
-  if (name == "cifar10" || name == "cifar100") {
-    bool c100 = name == "cifar100";
+  if (name == "cifar10" || name == "cifar100" || name == "cifar100-coarse") {
+    const bool c100 = name != "cifar10", coarse = name == "cifar100-coarse";
     std::vector<fs::path> train_files, test_files;
     for (const auto& f : required_files(name)) {
       bool is_test = f.rfind("test", 0) == 0;
       (is_test ? test_files : train_files).push_back(find_file(where, f));
     }
-    auto tr = read_cifar(train_files, c100);
-    auto te = read_cifar(test_files, c100);
+    auto tr = read_cifar(train_files, c100, coarse);
+    auto te = read_cifar(test_files, c100, coarse);
     splits.train = make_split(normalise_images(tr.pixels.data(), tr.count, info), std::move(tr.labels));
     splits.test = make_split(normalise_images(te.pixels.data(), te.count, info), std::move(te.labels));
     return splits;

@@ -50,8 +50,9 @@ struct CifarRecords {
   std::vector<uint8_t> pixels;  // count·3·32·32 bytes, channel-major per record
   std::vector<uint8_t> labels;
 };
-// CIFAR-10 records are <label><3072 pixels>; CIFAR-100 <coarse><fine><3072 pixels> (fine used).
-CifarRecords read_cifar(const std::vector<std::filesystem::path>& files, bool cifar100);
+// CIFAR-10 records are <label><3072 pixels>; CIFAR-100 <coarse><fine><3072 pixels> (the fine
+// label, or the coarse one when `coarse`).
+CifarRecords read_cifar(const std::vector<std::filesystem::path>& files, bool cifar100, bool coarse = false);
 
 // Where the data set's files are: `dir` itself or a conventional sub-folder of it.
 // Throws an Error listing where it looked.

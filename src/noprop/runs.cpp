@@ -47,6 +47,7 @@ std::string dataset_label(const std::string& name) {
   if (name == "fashion-mnist") return "Fashion-MNIST";
   if (name == "cifar10") return "CIFAR-10";
   if (name == "cifar100") return "CIFAR-100";
+  if (name == "cifar100-coarse") return "CIFAR-100 (20 superclasses)";
   return name;
 }
 
@@ -208,7 +209,7 @@ std::string compare_table(const std::vector<RunRecord>& runs, double target) {
 std::string report_table(const std::vector<RunRecord>& runs) {
   static const std::vector<std::string> kMethods{"backprop", "NoProp-DT", "NoProp-CT", "NoProp-FM"};
   static const std::vector<std::string> kEmbeddings{"one-hot", "dim=20", "prototype"};
-  static const std::vector<std::string> kDatasets{"mnist", "fashion-mnist", "cifar10", "cifar100"};
+  static const std::vector<std::string> kDatasets{"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"};
   struct Cell {
     std::vector<double> values;
     std::vector<std::string> runs;

@@ -224,6 +224,10 @@ nlohmann::json train(const RunOptions& opt) {
     data.train.images = data.train.images.slice(0, 0, cfg.train_samples);
     data.train.labels = data.train.labels.slice(0, 0, cfg.train_samples);
   }
+  if (cfg.test_samples > 0 && cfg.test_samples < data.test.size()) {
+    data.test.images = data.test.images.slice(0, 0, cfg.test_samples);
+    data.test.labels = data.test.labels.slice(0, 0, cfg.test_samples);
+  }
   TrainingState state;
 
   torch::manual_seed(uint64_t(cfg.seed));
