@@ -8,13 +8,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#ifdef NOPROP_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
 #if __has_include(<torch/csrc/autograd/profiler_legacy.h>)
 #include <torch/csrc/autograd/profiler_legacy.h>
 #define NOPROP_HAS_PROFILER 1
@@ -26,6 +22,7 @@
 #include <iostream>
 
 #include "noprop/block.h"
+#include "noprop/compat.h"
 #include "noprop/config.h"
 #include "noprop/data.h"
 #include "noprop/methods/method.h"
@@ -57,38 +54,17 @@ double median(std::vector<double> v) {
 // guard's lifetime.
 class Autocast {
  public:
-  Autocast(const std::string& precision, const torch::Device& device) : on_(precision != "fp32") {
-    if (!on_) return;
-    const auto dtype = precision == "bf16" ? at::kBFloat16 : at::kHalf;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    type_ = device.type();
-    at::autocast::set_autocast_dtype(type_, dtype);
-    at::autocast::set_autocast_enabled(type_, true);
-#else
-    cuda_ = device.is_cuda();
-    if (cuda_) {
-      at::autocast::set_autocast_gpu_dtype(dtype);
-      at::autocast::set_enabled(true);
-    } else {
-      at::autocast::set_autocast_cpu_dtype(dtype);
-      at::autocast::set_cpu_enabled(true);
-    }
-#endif
+  Autocast(const std::string& precision, const torch::Device& device)
+      : on_(precision != "fp32"), type_(device.type()) {
+    if (on_) noprop::compat::set_autocast(type_, true, precision == "bf16" ? at::kBFloat16 : at::kHalf);
   }
   ~Autocast() {
-    if (!on_) return;
-    at::autocast::clear_cache();
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(type_, false);
-#else
-    if (cuda_) at::autocast::set_enabled(false); else at::autocast::set_cpu_enabled(false);
-#endif
+    if (on_) noprop::compat::set_autocast(type_, false);
   }
 
  private:
   bool on_;
-  bool cuda_ = false;
-  c10::DeviceType type_ = c10::DeviceType::CPU;
+  c10::DeviceType type_;
 };
 
 void synchronise(const torch::Device& device) {
@@ -112,7 +88,7 @@ struct Args {
   std::string config, method, architecture, dataset, data_dir, device = "cpu", precision = "fp32", kernels;
   std::vector<std::string> sets;
   int threads = 0, batch = 0, steps = 20, warmup = 3, inference_batches = 5, inference_batch = 1000;
-  bool synthetic = false;
+  bool synthetic = false, channels_last = false;
 };
 
 nlohmann::json run(const Args& a) {
@@ -153,19 +129,25 @@ nlohmann::json run(const Args& a) {
   const int64_t n_train = data.train.size();
   auto method = noprop::make_method(cfg, data.info, &data.train, device);
   method->set_training(true);
+  // Channels-last: convolution weights and input batches in NHWC, which oneDNN and cuDNN
+  // prefer; the fused CPU kernels take NCHW (use --kernels torch with it).
+  const auto memory_format = a.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (a.channels_last) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : method->parameters())
+      if (p.dim() == 4) p.set_data(p.contiguous(memory_format));
+  }
   const auto order = torch::randperm(n_train);
   auto batch_at = [&](int k) {
     const int64_t begin = (int64_t(k) * B) % std::max<int64_t>(1, n_train - B + 1);
     auto idx = order.slice(0, begin, begin + B);
-    return std::make_pair(data.train.images.index_select(0, idx).to(device),
+    return std::make_pair(data.train.images.index_select(0, idx).to(device).contiguous(memory_format),
                           data.train.labels.index_select(0, idx).to(device));
   };
 
   const double rss_before = proc_status_mb("VmRSS");
   reset_peak_rss();
-#ifdef NOPROP_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
-#endif
+  if (device.is_cuda()) noprop::compat::reset_cuda_peak(device.index() < 0 ? 0 : device.index());
   std::vector<double> times;
 #ifdef NOPROP_HAS_PROFILER
   // Operator-level trace of the timed steps (chrome://tracing format).
@@ -193,12 +175,7 @@ nlohmann::json run(const Args& a) {
 #endif
   const double peak_rss = proc_status_mb("VmHWM");
   double gpu_peak_mb = -1;
-#ifdef NOPROP_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    gpu_peak_mb = double(stats.allocated_bytes[0].peak) / (1 << 20);
-  }
-#endif
+  if (device.is_cuda()) gpu_peak_mb = double(noprop::compat::cuda_peak_bytes(device.index() < 0 ? 0 : device.index())) / (1 << 20);
 
   // Inference: the method's own predict() with the configured inference options.
   method->set_training(false);
@@ -216,7 +193,7 @@ nlohmann::json run(const Args& a) {
       if (k == 1 && !a.profile_inference.empty())
         profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(a.profile_inference);
 #endif
-      auto x = data.test.images.slice(0, 0, ib).to(device);
+      auto x = data.test.images.slice(0, 0, ib).to(device).contiguous(memory_format);
       synchronise(device);
       const auto t0 = Clock::now();
       {
@@ -239,6 +216,7 @@ nlohmann::json run(const Args& a) {
       {"device", device.str()},
       {"threads", threads},
       {"precision", a.precision},
+      {"memory_format", a.channels_last ? "channels-last" : "contiguous"},
       {"kernels", cfg.kernels},
       {"torch", noprop::torch_version()},
       {"num_layers", cfg.num_layers},
@@ -274,13 +252,14 @@ int main(int argc, char** argv) {
   app.add_option("--config", a.config, "named config or YAML file (default: the built-in defaults)");
   app.add_option("--method", a.method, "dt | backprop | ct | fm");
   app.add_option("--architecture", a.architecture, "paper | seed");
-  app.add_option("--dataset", a.dataset, "mnist | fashion-mnist | cifar10 | cifar100");
+  app.add_option("--dataset", a.dataset, "mnist | fashion-mnist | cifar10 | cifar100 | cifar100-coarse");
   app.add_option("--data-dir", a.data_dir, "data directory (as for noprop train)");
   app.add_flag("--synthetic", a.synthetic, "random images and labels instead of the data set (throughput only)");
   app.add_option("--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--device", a.device, "cpu | cuda | cuda:N");
   app.add_option("--precision", a.precision, "fp32 | bf16 | fp16 (autocast)");
   app.add_option("--kernels", a.kernels, "fused | torch (CPU element-wise kernels)");
+  app.add_flag("--channels-last", a.channels_last, "convolution weights and inputs in channels-last (NHWC) memory format");
   app.add_option("--batch", a.batch, "training batch size (default: the config's)")->check(CLI::PositiveNumber);
   app.add_option("--steps", a.steps, "timed training batches")->check(CLI::PositiveNumber);
   app.add_option("--warmup", a.warmup, "untimed training batches first")->check(CLI::NonNegativeNumber);

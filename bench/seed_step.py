@@ -13,6 +13,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -101,6 +102,7 @@ def main():
     inf = statistics.median(inference)
     print(json.dumps({
         "implementation": "seed (PyTorch " + torch.__version__ + ")",
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": a.batch,
         "seconds_per_batch": med,
@@ -109,6 +111,7 @@ def main():
         "inference_batch_size": int(x.shape[0]),
         "inference_seconds_per_batch": inf,
         "inference_images_per_second": x.shape[0] / inf,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }, indent=2))
 
 

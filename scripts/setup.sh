@@ -3,12 +3,19 @@
 # selects OpenBLAS as the system BLAS: Debian's LibTorch otherwise runs on the reference BLAS,
 # 4-5x slower. Idempotent; needs root or sudo only when something is missing.
 # --checks also installs clang and its fuzzer/sanitizer runtimes for scripts/robustness.sh.
+# --torch211 also creates .venv-torch211/ (git-ignored) holding PyPI's torch 2.11.0, the GPU
+#   machine's LibTorch (with CUDA 13): a ~2.5 GB download, 3.3 GB on disk, 2-4 minutes here.
+#   Build against it with
+#     cmake -S . -B build-211 -DCMAKE_PREFIX_PATH="$(.venv-torch211/bin/python -c 'import torch;print(torch.utils.cmake_prefix_path)')"
+#   (its CUDA code needs the CUDA toolkit, nvcc, to configure; nothing runs it without a GPU).
 set -euo pipefail
+option="${1:-}"
 
 packages=(build-essential cmake pkg-config zlib1g-dev libtorch-dev libyaml-cpp-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libopenblas0-openmp dataset-fashion-mnist
           gnuplot-nox libstb-dev libcurl4-openssl-dev libssl-dev libarchive-dev libgloo-dev)
-[ "${1:-}" = "--checks" ] && packages+=(clang libclang-rt-dev)
+[ "$option" = "--checks" ] && packages+=(clang libclang-rt-dev)
+[ "$option" = "--torch211" ] && packages+=(python3-venv)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
@@ -35,3 +42,13 @@ if [ -e "$dir/libblas.so.3" ]; then
   $sudo update-alternatives --set "libopenblas.so.0-${multiarch}" "$dir/libopenblas.so.0" >/dev/null 2>&1 || true
 fi
 echo "setup: BLAS is $(readlink -f "/usr/lib/${multiarch}/libblas.so.3"), OpenBLAS $(readlink -f "/usr/lib/${multiarch}/libopenblas.so.0")"
+
+if [ "$option" = "--torch211" ]; then
+  venv="$(cd "$(dirname "$0")/.." && pwd)/.venv-torch211"
+  if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.11.0")' 2>/dev/null; then
+    echo "setup: installing torch 2.11.0 from PyPI into $venv (~2.5 GB download)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check torch==2.11.0
+  fi
+  echo "setup: $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "CMake prefix", torch.utils.cmake_prefix_path)' 2>/dev/null)"
+fi

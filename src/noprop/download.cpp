@@ -1,9 +1,11 @@
 #include "noprop/download.h"
 
+#ifdef NOPROP_WITH_DOWNLOAD
 #include <archive.h>
 #include <archive_entry.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#endif
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 namespace noprop {
 namespace fs = std::filesystem;
 
+#ifdef NOPROP_WITH_DOWNLOAD
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -274,6 +277,7 @@ std::string md5_hex_of_file(const fs::path& p) {
   if (std::ferror(f.get())) throw Error(p.string() + ": read failed: " + std::strerror(errno));
   return md5.hex();
 }
+#endif  // NOPROP_WITH_DOWNLOAD
 
 std::vector<std::string> download_datasets() { return {"mnist", "fashion-mnist", "cifar10", "cifar100"}; }
 
@@ -323,6 +327,18 @@ DownloadSource download_source(const std::string& dataset) {
               "; known: " + join(download_datasets()));
 }
 
+#ifndef NOPROP_WITH_DOWNLOAD
+// Built with -DNOPROP_DOWNLOAD=OFF (no libcurl, libarchive or OpenSSL, e.g. on a bare GPU machine).
+[[noreturn]] static void not_built(const std::string& what) {
+  throw Error(what + ": this noprop was built without downloads (cmake -DNOPROP_DOWNLOAD=ON needs libcurl, "
+              "libarchive and OpenSSL); copy the data files by hand");
+}
+std::string md5_hex(const std::string&) { not_built("md5"); }
+std::string md5_hex_of_file(const fs::path& p) { not_built(p.string()); }
+fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const DownloadOptions&) {
+  not_built("cannot download the " + src.dataset + " data set into " + (dir / src.subdir).string());
+}
+#else
 fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const DownloadOptions& opt) {
   std::call_once(curl_init_once, [] { curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT); });
   if (curl_init_result != CURLE_OK)
@@ -405,5 +421,6 @@ fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const 
                 " data set needs " + join(src.extract) + ")");
   return out;
 }
+#endif  // NOPROP_WITH_DOWNLOAD
 
 }  // namespace noprop

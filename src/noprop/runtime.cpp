@@ -15,10 +15,22 @@
 
 namespace noprop {
 
+namespace {
+// Whether a library of OpenBLAS is mapped: Debian's LibTorch runs on the system OpenBLAS, the
+// pip package's on its own MKL, where OPENBLAS_CORETYPE means nothing.
+bool openblas_loaded() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("openblas") != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
 void init_process(int argc, char** argv) {
   (void)argc;
   if (!std::getenv("OPENBLAS_CORETYPE") && !std::getenv("NOPROP_NO_REEXEC") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && openblas_loaded()) {
     setenv("OPENBLAS_CORETYPE", "Haswell", 1);
     setenv("NOPROP_NO_REEXEC", "1", 1);  // never loop, whatever happens
     execv("/proc/self/exe", argv);       // returns only on failure: carry on as we are

@@ -27,7 +27,7 @@ BackpropMethod::BackpropMethod(const Config& cfg, NoPropNet net)
 }
 
 std::vector<torch::Tensor> BackpropMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
-  auto z0 = torch::randn({x.size(0), int64_t(model_->net->embed->dim())}, x.options());
+  auto z0 = cpu_randn({x.size(0), int64_t(model_->net->embed->dim())}, x);
   auto loss = torch::nll_loss(model_->forward(x, z0), y);
   opt_->zero_grad();
   loss.backward();

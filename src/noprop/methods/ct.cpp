@@ -17,14 +17,14 @@ CTMethod::CTMethod(const Config& cfg, NoPropNet net) : ContinuousMethod(cfg, std
 std::vector<torch::Tensor> CTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
   const auto& W = net_->embed->weight;
   auto u_y = net_->embed->forward(y);
-  auto t = torch::rand({x.size(0)}, x.options());
+  auto t = cpu_rand({x.size(0)}, x);
   auto ab = schedule_->alpha_bar(t).unsqueeze(1);
-  auto z_t = ab.sqrt() * u_y + (1 - ab).sqrt() * torch::randn_like(u_y);
+  auto z_t = ab.sqrt() * u_y + (1 - ab).sqrt() * cpu_randn(u_y.sizes(), u_y);
   auto u_hat = torch::softmax(net_->cblock->forward(x, z_t, t), 1).matmul(W);
   auto denoise = (0.5 * cfg_.eta * schedule_->snr_derivative(t) * (u_hat - u_y).pow(2).sum(1)).mean();
 
   auto ends = schedule_->alpha_bar(torch::tensor({0.0f, 1.0f}, x.options()));
-  auto z_1 = ends[1].sqrt() * u_y + (1 - ends[1]).sqrt() * torch::randn_like(u_y);
+  auto z_1 = ends[1].sqrt() * u_y + (1 - ends[1]).sqrt() * cpu_randn(u_y.sizes(), u_y);
   auto ce = torch::nll_loss(net_->head->log_prob(z_1, W), y);
   auto kl = net_->embed->kl(y, ends[0]);
   auto total = denoise + ce + kl;

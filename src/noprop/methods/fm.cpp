@@ -24,11 +24,11 @@ torch::Tensor FMMethod::nearest_embedding_scores(const torch::Tensor& z, const t
 std::vector<torch::Tensor> FMMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int) {
   const auto& W = net_->embed->weight;
   auto z1 = net_->embed->forward(y);
-  auto z0 = torch::randn_like(z1);
-  auto t = torch::rand({x.size(0)}, x.options());
+  auto z0 = cpu_randn(z1.sizes(), z1);
+  auto t = cpu_rand({x.size(0)}, x);
   auto tt = t.unsqueeze(1);
   auto z_t = tt * z1 + (1 - tt) * z0;
-  if (cfg_.fm_sigma > 0) z_t = z_t + cfg_.fm_sigma * torch::randn_like(z1);
+  if (cfg_.fm_sigma > 0) z_t = z_t + cfg_.fm_sigma * cpu_randn(z1.sizes(), z1);
   auto v = net_->cblock->forward(x, z_t, t).matmul(W);
   auto flow = flow_loss(v, z0, z1);
   torch::Tensor anchor = torch::zeros({}, x.options());

@@ -233,6 +233,13 @@ torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen) {
   return torch::randn(like.sizes(), gen, like.options().device(torch::kCPU)).to(like.device());
 }
 
+torch::Tensor cpu_randn(at::IntArrayRef sizes, const torch::Tensor& like) {
+  return torch::randn(sizes, like.options().device(torch::kCPU)).to(like.device());
+}
+torch::Tensor cpu_rand(at::IntArrayRef sizes, const torch::Tensor& like) {
+  return torch::rand(sizes, like.options().device(torch::kCPU)).to(like.device());
+}
+
 void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module) {
   torch::serialize::OutputArchive sub;
   module.save(sub);

@@ -149,6 +149,11 @@ torch::Tensor in_chunks(int64_t rows, const torch::Device& device,
                         const std::function<torch::Tensor(int64_t, int64_t)>& f);
 // Standard normal noise of `like`'s shape from `gen` (on `like`'s device).
 torch::Tensor normal_like(const torch::Tensor& like, at::Generator& gen);
+// Training noise, N(0, 1) or U[0, 1), from the default CPU generator whatever the device, then
+// moved to `like`'s device: a seed means the same draws on every device, so that a CUDA step can
+// be checked against the CPU's (tests/test_gpu.cpp); on the CPU these are randn/rand as before.
+torch::Tensor cpu_randn(at::IntArrayRef sizes, const torch::Tensor& like);
+torch::Tensor cpu_rand(at::IntArrayRef sizes, const torch::Tensor& like);
 void save_module(torch::serialize::OutputArchive& ar, const std::string& key, torch::nn::Module& module);
 // Loads parameters and buffers in place; a stored tensor of another shape is an error (LibTorch
 // itself would silently resize the parameter).
