@@ -5,14 +5,17 @@
 # each version's Python torch. Prints every JSON line, then a Markdown table of the medians.
 #
 # usage: bench/compare-torch.sh [--data-dir DIR] [--threads N] [--rounds N] [--steps N]
-#                               [--seed-checkout DIR] [--only REGEX]
-#   --seed-checkout  a clone of eoghanf/NoPropLLM at e4bed9b (default: skip the seed's step)
+#                               [--seed-checkout DIR] [--only REGEX] [--log FILE]
+#   --seed-checkout  a clone of eoghanf/NoPropLLM at e4bed9b (default: skip the seed's step);
+#                    its package imports torchvision: put one (or a stand-in) on PYTHONPATH
 #   --only           run only the configurations whose label matches REGEX
+#   --log            append the JSON lines to FILE and tabulate all of FILE (runs split over
+#                    several calls make one table)
 # Needs both builds, /usr/bin/python3 with torch and numpy, and .venv-torch211 (scripts/setup.sh
 # --torch211) with numpy for the seed's step on 2.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data="${NOPROP_DATA:-./data}"; threads=2; rounds=2; steps=10; seed=""; only="."
+data="${NOPROP_DATA:-./data}"; threads=2; rounds=2; steps=10; seed=""; only="."; log=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) data="$2"; shift 2 ;;
@@ -21,6 +24,7 @@ while [ $# -gt 0 ]; do
     --steps) steps="$2"; shift 2 ;;
     --seed-checkout) seed="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --log) log="$2"; shift 2 ;;
     *) echo "compare-torch.sh: unknown argument '$1'" >&2; sed -n '7,12p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +32,7 @@ for b in build build-211; do
   [ -x "$b/noprop_bench" ] || { echo "compare-torch.sh: no $b/noprop_bench (see README: two builds)" >&2; exit 2; }
 done
 export OMP_NUM_THREADS="$threads"
-log="$(mktemp)"; trap 'rm -f "$log"' EXIT
+if [ -z "$log" ]; then log="$(mktemp)"; trap 'rm -f "$log"' EXIT; fi
 # label | noprop_bench arguments
 configs=(
   "dt seed fp32|--method dt --architecture seed"
@@ -51,10 +55,10 @@ for r in $(seq "$rounds"); do
       "$b/noprop_bench" $args --data-dir "$data" --threads "$threads" --steps "$steps" --warmup 2 \
         --inference-batches 3 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); j["label"]=sys.argv[1]; print(json.dumps(j))' "$label" |
-        tee -a "$log"
+        tee -a "$log" || echo "compare-torch.sh: $label on $b failed" >&2
     done
   done
-  if [ -n "$seed" ]; then
+  if [ -n "$seed" ] && [[ "seed reproduction" =~ $only ]]; then
     mnist=""
     for d in "$data" "$data/mnist"; do ls "$d"/train-images-idx3-ubyte* >/dev/null 2>&1 && { mnist="$d"; break; }; done
     for py in /usr/bin/python3 .venv-torch211/bin/python; do
@@ -62,7 +66,7 @@ for r in $(seq "$rounds"); do
       MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 OPENBLAS_CORETYPE=Haswell \
         "$py" bench/seed_step.py "$seed" "$mnist" --threads "$threads" --steps "$steps" --warmup 2 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); j["label"]="seed reproduction dt seed fp32"; print(json.dumps(j))' |
-        tee -a "$log"
+        tee -a "$log" || echo "compare-torch.sh: the seed's step on $py failed" >&2
     done
   fi
 done
