@@ -47,13 +47,16 @@ void apply_flags(Config& cfg, const TrainArgs& a) {
 
 int run_train(const TrainArgs& a, int argc, char** argv) {
   if (a.workers > 1) {
-    if (std::getenv("WORLD_SIZE")) throw Error("--workers starts its own workers; it cannot be used inside one (WORLD_SIZE is set)");
+    if (std::getenv("WORLD_SIZE"))
+      throw Error("--workers starts its own workers; it cannot be used inside one (WORLD_SIZE is set)");
     // The workers get this command line without --workers, and an equal share of the cores.
     std::vector<std::string> args;
     for (int i = 1; i < argc; ++i) {
       std::string s = argv[i];
-      if (s == "--workers" || s == "--threads") ++i;
-      else if (s.rfind("--workers=", 0) != 0 && s.rfind("--threads=", 0) != 0) args.push_back(s);
+      if (s == "--workers" || s == "--threads")
+        ++i;
+      else if (s.rfind("--workers=", 0) != 0 && s.rfind("--threads=", 0) != 0)
+        args.push_back(s);
     }
     const int cores = int(std::thread::hardware_concurrency());
     const int threads = a.threads > 0 ? a.threads : std::max(1, cores / a.workers);
@@ -64,7 +67,9 @@ int run_train(const TrainArgs& a, int argc, char** argv) {
     // A resumed run keeps its config; only the run length and runtime settings may change.
     if (!a.name.empty() || !a.config_file.empty() || !a.sets.empty() || a.batch_size || !a.lr_text.empty() ||
         a.seed >= 0)
-      throw Error("--resume continues a run with its own config; only --epochs, --threads, --device and --data-dir may be given");
+      throw Error(
+          "--resume continues a run with its own config; only --epochs, --threads, --device and --data-dir may be "
+          "given");
     opt.out_dir = a.resume;
     auto state = read_checkpoint_state(opt.out_dir / "final.pt");
     apply_yaml(opt.cfg, state.config_yaml, (opt.out_dir / "final.pt").string());
@@ -138,8 +143,8 @@ int run_eval(const EvalArgs& a) {
     auto r = evaluate(*model.method, data.test, n, io, a.seed >= 0 ? a.seed : cfg.inference_seed, cfg.eval_batch_size,
                       model.device);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    nlohmann::json row = {{"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs},
-                          {"seconds", secs}};
+    nlohmann::json row = {
+        {"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs}, {"seconds", secs}};
     if (continuous) row["steps"] = io.steps, row["solver"] = io.solver;
     if (cfg.method == "ct") row["sampler"] = io.sampler;
     if (cfg.method == "ct" && io.sampler == "ancestral") row.erase("solver");
@@ -199,12 +204,16 @@ int run_predict(const PredictArgs& a) {
     auto p = probs[int64_t(i)].contiguous();
     std::vector<double> pv(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
     const auto best = std::size_t(p.argmax().item<int64_t>());
-    preds.push_back({{"file", a.images[i]}, {"class", best}, {"label", names[best]}, {"probability", pv[best]},
+    preds.push_back({{"file", a.images[i]},
+                     {"class", best},
+                     {"label", names[best]},
+                     {"probability", pv[best]},
                      {"probabilities", pv}});
   }
-  nlohmann::json out = {{"checkpoint", a.checkpoint}, {"method", model.cfg.method}, {"dataset", info.name},
-                        {"inference_runs", io.noise ? runs : 1}, {"inference_noise", io.noise},
-                        {"classes", names}, {"predictions", preds}};
+  nlohmann::json out = {{"checkpoint", a.checkpoint},  {"method", model.cfg.method},
+                        {"dataset", info.name},        {"inference_runs", io.noise ? runs : 1},
+                        {"inference_noise", io.noise}, {"classes", names},
+                        {"predictions", preds}};
   std::cout << out.dump(2) << std::endl;
   return 0;
 }
@@ -227,8 +236,9 @@ int run_data_image(const ImageArgs& a) {
   auto raw = ((split.images[a.index] * stddev + mean) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
   write_png(a.out, raw.data_ptr<uint8_t>(), info.channels, info.height, info.width);
   const int64_t label = split.labels[a.index].item<int64_t>();
-  nlohmann::json out = {{"file", a.out}, {"dataset", a.dataset}, {"split", a.split}, {"index", a.index},
-                        {"class", label}, {"label", class_names(a.dataset)[std::size_t(label)]}};
+  nlohmann::json out = {{"file", a.out},    {"dataset", a.dataset},
+                        {"split", a.split}, {"index", a.index},
+                        {"class", label},   {"label", class_names(a.dataset)[std::size_t(label)]}};
   std::cout << out.dump(2) << std::endl;
   return 0;
 }
@@ -237,8 +247,9 @@ int run_data_image(const ImageArgs& a) {
 
 int main(int argc, char** argv) {
   init_process(argc, argv);
-  CLI::App app{"NoProp: training neural networks without back-propagation (NoProp-DT, -CT, -FM and the backprop baseline)",
-               "noprop"};
+  CLI::App app{
+      "NoProp: training neural networks without back-propagation (NoProp-DT, -CT, -FM and the backprop baseline)",
+      "noprop"};
   app.require_subcommand(1);
 
   TrainArgs ta;
@@ -254,12 +265,14 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--device", ta.device, "cpu, cuda or cuda:N");
   train_cmd->add_option("--threads", ta.threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 4096));
   train_cmd->add_option("--out", ta.out, "run directory (default runs/<timestamp>-<config>)");
-  train_cmd->add_option("--workers", ta.workers,
-                        "processes on this machine: NoProp-DT trains its blocks in parallel, the other methods split "
-                        "each batch (config key parallel); multi-machine runs set RANK, WORLD_SIZE, MASTER_ADDR, "
-                        "MASTER_PORT instead")
+  train_cmd
+      ->add_option("--workers", ta.workers,
+                   "processes on this machine: NoProp-DT trains its blocks in parallel, the other methods split "
+                   "each batch (config key parallel); multi-machine runs set RANK, WORLD_SIZE, MASTER_ADDR, "
+                   "MASTER_PORT instead")
       ->check(CLI::Range(1, 1024));
-  train_cmd->add_option("--resume", ta.resume, "continue the run in DIR from its final.pt")->check(CLI::ExistingDirectory);
+  train_cmd->add_option("--resume", ta.resume, "continue the run in DIR from its final.pt")
+      ->check(CLI::ExistingDirectory);
 
   EvalArgs ea;
   auto* eval_cmd = app.add_subcommand("eval", "Evaluate a checkpoint on the test set; prints JSON");
@@ -282,8 +295,9 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--sampler", ea.samplers, "ct: samplers, e.g. ancestral,flow")
       ->delimiter(',')
       ->check(CLI::IsMember({"ancestral", "flow"}));
-  eval_cmd->add_flag("--confusion", ea.confusion,
-                     "also print the confusion matrix (rows: true class) and the head's class for each class embedding");
+  eval_cmd->add_flag(
+      "--confusion", ea.confusion,
+      "also print the confusion matrix (rows: true class) and the head's class for each class embedding");
   eval_cmd->add_option("--readout", ea.readouts, "dt: readouts, e.g. head,blocks (default: the config's)")
       ->delimiter(',')
       ->check(CLI::IsMember({"head", "blocks"}));
@@ -306,17 +320,20 @@ int main(int argc, char** argv) {
   auto* compare_cmd = app.add_subcommand(
       "compare", "Compare runs: a Markdown table (accuracy, time to a target, s/epoch, memory) and a combined figure");
   compare_cmd->add_option("runs", compare_runs, "run directories")->required()->check(CLI::ExistingDirectory);
-  compare_cmd->add_option("--target", compare_target,
-                          "test accuracy (%) to measure epochs and seconds to (default: the lowest best accuracy "
-                          "among the runs, which every run reaches)")
+  compare_cmd
+      ->add_option("--target", compare_target,
+                   "test accuracy (%) to measure epochs and seconds to (default: the lowest best accuracy "
+                   "among the runs, which every run reaches)")
       ->check(CLI::Range(0.0, 100.0));
-  compare_cmd->add_option("--out", compare_out, "file prefix of the figure (default compare: compare.png, compare.svg)");
+  compare_cmd->add_option("--out", compare_out,
+                          "file prefix of the figure (default compare: compare.png, compare.svg)");
   bool compare_no_plot = false;
   compare_cmd->add_flag("--no-plot", compare_no_plot, "print the table only");
 
   std::vector<std::string> report_runs;
   auto* report_cmd = app.add_subcommand(
-      "report", "Results table in Markdown, laid out like the paper's Table 1 (mean ± std over seeds and inference runs)");
+      "report",
+      "Results table in Markdown, laid out like the paper's Table 1 (mean ± std over seeds and inference runs)");
   report_cmd->add_option("runs", report_runs, "run directories")->required()->check(CLI::ExistingDirectory);
 
   PredictArgs pa;
@@ -340,7 +357,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> dl_mirrors;
   bool dl_quiet = false;
   auto* download_cmd = data_cmd->add_subcommand(
-      "download", "Download a data set from its mirrors, verify the published MD5s and unpack it where the readers look");
+      "download",
+      "Download a data set from its mirrors, verify the published MD5s and unpack it where the readers look");
   download_cmd->add_option("dataset", dl_name, "mnist, fashion-mnist, cifar10 or cifar100")->required();
   download_cmd->add_option("--dir", dl_dir, "data directory (default ./data, where training looks first)");
   download_cmd->add_option("--mirror", dl_mirrors, "a base URL to try before the published mirrors (repeatable)");

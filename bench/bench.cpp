@@ -54,8 +54,7 @@ double median(std::vector<double> v) {
 // guard's lifetime.
 class Autocast {
  public:
-  Autocast(const std::string& precision, const torch::Device& device)
-      : on_(precision != "fp32"), type_(device.type()) {
+  Autocast(const std::string& precision, const torch::Device& device) : on_(precision != "fp32"), type_(device.type()) {
     if (on_) noprop::compat::set_autocast(type_, true, precision == "bf16" ? at::kBFloat16 : at::kHalf);
   }
   ~Autocast() {
@@ -175,7 +174,8 @@ nlohmann::json run(const Args& a) {
 #endif
   const double peak_rss = proc_status_mb("VmHWM");
   double gpu_peak_mb = -1;
-  if (device.is_cuda()) gpu_peak_mb = double(noprop::compat::cuda_peak_bytes(device.index() < 0 ? 0 : device.index())) / (1 << 20);
+  if (device.is_cuda())
+    gpu_peak_mb = double(noprop::compat::cuda_peak_bytes(device.index() < 0 ? 0 : device.index())) / (1 << 20);
 
   // Inference: the method's own predict() with the configured inference options.
   method->set_training(false);
@@ -259,7 +259,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", a.device, "cpu | cuda | cuda:N");
   app.add_option("--precision", a.precision, "fp32 | bf16 | fp16 (autocast)");
   app.add_option("--kernels", a.kernels, "fused | torch (CPU element-wise kernels)");
-  app.add_flag("--channels-last", a.channels_last, "convolution weights and inputs in channels-last (NHWC) memory format");
+  app.add_flag("--channels-last", a.channels_last,
+               "convolution weights and inputs in channels-last (NHWC) memory format");
   app.add_option("--batch", a.batch, "training batch size (default: the config's)")->check(CLI::PositiveNumber);
   app.add_option("--steps", a.steps, "timed training batches")->check(CLI::PositiveNumber);
   app.add_option("--warmup", a.warmup, "untimed training batches first")->check(CLI::NonNegativeNumber);

@@ -70,7 +70,10 @@ int main(int argc, char** argv) {
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a.rfind("--threads=", 0) == 0) threads = std::stoi(a.substr(10)); else rest.push_back(argv[i]);
+    if (a.rfind("--threads=", 0) == 0)
+      threads = std::stoi(a.substr(10));
+    else
+      rest.push_back(argv[i]);
   }
   int n = int(rest.size());
   noprop::configure_threads(threads);

@@ -13,8 +13,12 @@ int64_t count_params(torch::nn::Module& m) {
 }  // namespace
 
 TEST(Block, OutputShapesForEveryVariant) {
-  struct Case { const char* arch; int c, h, d, m; bool image_label; };
-  const Case cases[] = {{"paper", 1, 28, 10, 10, false}, {"seed", 1, 28, 10, 10, false},
+  struct Case {
+    const char* arch;
+    int c, h, d, m;
+    bool image_label;
+  };
+  const Case cases[] = {{"paper", 1, 28, 10, 10, false},  {"seed", 1, 28, 10, 10, false},
                         {"paper", 3, 32, 20, 100, false}, {"seed", 3, 32, 100, 100, false},
                         {"paper", 1, 28, 784, 10, true},  {"seed", 3, 32, 3072, 10, true}};
   for (const auto& k : cases) {
@@ -70,10 +74,9 @@ TEST(ContinuousBlock, ParameterCountAndNoBatchNorm) {
   int64_t rest = fc(20, 256) + fc(64, 256) + fc(768, 256) + fc(256, 128) + fc(128, 10);
   ContinuousBlock b(BlockOptions{"paper", 1, 28, 28, 20, 10});
   EXPECT_EQ(count_params(*b), image + rest);
-  for (const auto& m : b->modules())
-    EXPECT_EQ(m->name().find("BatchNorm"), std::string::npos) << m->name();
-  double mac = 9.0 * (32 * 784 + 32 * 64 * 196 + 64 * 128 * 196) + 6272.0 * 256 + 20 * 256 + 64 * 256 +
-               768 * 256 + 256 * 128 + 128 * 10;
+  for (const auto& m : b->modules()) EXPECT_EQ(m->name().find("BatchNorm"), std::string::npos) << m->name();
+  double mac = 9.0 * (32 * 784 + 32 * 64 * 196 + 64 * 128 * 196) + 6272.0 * 256 + 20 * 256 + 64 * 256 + 768 * 256 +
+               256 * 128 + 128 * 10;
   EXPECT_DOUBLE_EQ(continuous_block_forward_flops(BlockOptions{"paper", 1, 28, 28, 20, 10}), 2 * mac);
 }
 
@@ -86,8 +89,8 @@ TEST(ContinuousBlock, PreparedFormEqualsConcat) {
   torch::NoGradGuard g;
   auto x = torch::randn({5, 1, 28, 28}), z = torch::randn({5, 10});
   auto t = torch::full({5}, 0.3);
-  auto cat = torch::cat({b->image_path->forward(x), b->label_in->forward(z),
-                         b->time_in->forward(time_embedding(t, 64))}, 1);
+  auto cat =
+      torch::cat({b->image_path->forward(x), b->label_in->forward(z), b->time_in->forward(time_embedding(t, 64))}, 1);
   auto expected = b->fused->forward(b->fused_in->forward(cat));
   EXPECT_TRUE(torch::allclose(b->forward(x, z, t), expected, 1e-4, 1e-5));
   EXPECT_TRUE(torch::allclose(b->forward_prepared(b->prepare(x), z, torch::full({1}, 0.3)), expected, 1e-4, 1e-5));

@@ -155,7 +155,8 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
   expect_error([&] { read_checkpoint_state(dir / "flip.pt"); }, "flip.pt: checkpoint checksum mismatch");
   // The trailer cut off: the archive alone is never handed to LibTorch's parser.
   write_file_atomic(dir / "notrailer.pt", bytes.substr(0, bytes.size() - 20));
-  expect_error([&] { read_checkpoint_state(dir / "notrailer.pt"); }, "notrailer.pt: not a readable checkpoint (no checksum trailer");
+  expect_error([&] { read_checkpoint_state(dir / "notrailer.pt"); },
+               "notrailer.pt: not a readable checkpoint (no checksum trailer");
   // Another format version, with a valid trailer: refused by version.
   auto write_version = [&](int64_t version, const fs::path& p) {
     torch::serialize::OutputArchive ar;
@@ -175,7 +176,8 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
     write_file_atomic(p, body + trailer);
   };
   write_version(99, dir / "v99.pt");
-  expect_error([&] { read_checkpoint_state(dir / "v99.pt"); }, "v99.pt: checkpoint format version 99, this program reads 2");
+  expect_error([&] { read_checkpoint_state(dir / "v99.pt"); },
+               "v99.pt: checkpoint format version 99, this program reads 2");
   write_version(2, dir / "v2.pt");  // this trailer, written independently, is accepted
   EXPECT_EQ(read_checkpoint_state(dir / "v2.pt").epoch, 3);
   // Not a checkpoint at all.

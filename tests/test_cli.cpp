@@ -206,7 +206,8 @@ TEST_F(CliTest, EvalStepsAndSolversForContinuousMethods) {
   ASSERT_EQ(r.code, 0) << r.out;
   auto summary = nlohmann::json::parse(std::ifstream(dir / "run" / "summary.json"));
   EXPECT_EQ(summary["inference"]["steps"], 5);
-  const std::string ckpt = " --checkpoint " + (dir / "run" / "final.pt").string() + " --data-dir " + (dir / "data").string();
+  const std::string ckpt =
+      " --checkpoint " + (dir / "run" / "final.pt").string() + " --data-dir " + (dir / "data").string();
   r = run("eval" + ckpt + " --steps 5,3 --sampler ancestral,flow --solver euler,heun --threads 1");
   ASSERT_EQ(r.code, 0) << r.out;
   auto ev = nlohmann::json::parse(r.out);
@@ -228,12 +229,15 @@ TEST_F(CliTest, EvalStepsAndSolversForContinuousMethods) {
 // skip counts the skipped block updates in metrics.csv and finishes.
 TEST_F(CliTest, NonFiniteLossStopsOrSkips) {
   write_synthetic_mnist(dir / "data", 256, 64);
-  const std::string base = "train mnist-dt-quick --set num_layers=2 --set train_samples=256 --set epochs=1 --threads 1 "
-                           "--set inference_runs=1 --batch-size 64 --data-dir " + (dir / "data").string();
+  const std::string base =
+      "train mnist-dt-quick --set num_layers=2 --set train_samples=256 --set epochs=1 --threads 1 "
+      "--set inference_runs=1 --batch-size 64 --data-dir " +
+      (dir / "data").string();
   ::setenv("NOPROP_INJECT_NAN_AT_STEP", "3", 1);
   auto r = run(base + " --set on_nonfinite=stop --out " + (dir / "stop").string());
   EXPECT_EQ(r.code, 1) << r.out;
-  EXPECT_NE(r.out.find("non-finite loss or gradient in block 1, block 2 at epoch 1, batch 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("non-finite loss or gradient in block 1, block 2 at epoch 1, batch 3"), std::string::npos)
+      << r.out;
   r = run(base + " --set on_nonfinite=skip --out " + (dir / "skip").string());
   ::unsetenv("NOPROP_INJECT_NAN_AT_STEP");
   ASSERT_EQ(r.code, 0) << r.out;
@@ -260,12 +264,16 @@ TEST_F(CliTest, InterruptedRunExitsAndResumes) {
   write_synthetic_mnist(dir / "data", 256, 64);
   const std::string out = (dir / "run").string();
   ::setenv("NOPROP_INTERRUPT_AT_STEP", "3", 1);
-  auto r = run("train mnist-dt-quick --set num_layers=2 --set train_samples=256 --epochs 2 --batch-size 64 --threads 1 "
-               "--set inference_runs=1 --data-dir " + (dir / "data").string() + " --out " + out);
+  auto r =
+      run("train mnist-dt-quick --set num_layers=2 --set train_samples=256 --epochs 2 --batch-size 64 --threads 1 "
+          "--set inference_runs=1 --data-dir " +
+          (dir / "data").string() + " --out " + out);
   ::unsetenv("NOPROP_INTERRUPT_AT_STEP");
   EXPECT_EQ(r.code, 130) << r.out;
-  EXPECT_NE(r.out.find("noprop: interrupted by SIGINT at epoch 1, batch 3/4: saved " + out + "/final.pt; continue with: "
-                       "noprop train --resume " + out),
+  EXPECT_NE(r.out.find("noprop: interrupted by SIGINT at epoch 1, batch 3/4: saved " + out +
+                       "/final.pt; continue with: "
+                       "noprop train --resume " +
+                       out),
             std::string::npos)
       << r.out;
   r = run("train --resume " + out + " --threads 1");
@@ -304,8 +312,9 @@ TEST_F(CliTest, EnvironmentFailsFast) {
 TEST_F(CliTest, ConfigsListed) {
   auto r = run("configs");
   EXPECT_EQ(r.code, 0);
-  for (auto name : {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick",
-                    "mnist-ct", "mnist-ct-dim20", "mnist-ct-prototype", "cifar100-fm-prototype", "fashion-mnist-fm-quick"})
+  for (auto name :
+       {"mnist-dt", "mnist-backprop", "cifar10-dt", "cifar100-backprop", "fashion-mnist-dt", "mnist-dt-quick",
+        "mnist-ct", "mnist-ct-dim20", "mnist-ct-prototype", "cifar100-fm-prototype", "fashion-mnist-fm-quick"})
     EXPECT_NE(r.out.find(name), std::string::npos) << name;
 }
 
@@ -397,8 +406,8 @@ TEST_F(CliTest, HelpMatchesTheDocs) {
     auto r = run(cmd + " --help");
     ASSERT_EQ(r.code, 0) << cmd;
     const std::string section = "## noprop" + (cmd.empty() ? "" : " " + cmd) + "\n\n```\n" + r.out + "```\n";
-    EXPECT_NE(doc.find(section), std::string::npos) << "docs/cli.md is out of date for 'noprop " << cmd
-                                                    << "' (run scripts/cli-doc.sh)";
+    EXPECT_NE(doc.find(section), std::string::npos)
+        << "docs/cli.md is out of date for 'noprop " << cmd << "' (run scripts/cli-doc.sh)";
   }
 }
 
@@ -419,8 +428,8 @@ std::vector<std::vector<double>> metrics_values(const fs::path& run) {
   return rows;
 }
 
-void expect_close_rows(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b,
-                       double rel, const std::string& what) {
+void expect_close_rows(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b, double rel,
+                       const std::string& what) {
   ASSERT_EQ(a.size(), b.size()) << what;
   for (std::size_t i = 0; i < a.size(); ++i) {
     ASSERT_EQ(a[i].size(), b[i].size()) << what;
@@ -460,7 +469,8 @@ TEST_F(DistributedTest, BlockParallelMatchesOneProcess) {
     expect_close_rows(metrics_values(dir / "p1"), metrics_values(dir / out), 1e-4, out);
     auto summary = nlohmann::json::parse(std::ifstream(dir / out / "summary.json"));
     EXPECT_EQ(summary["workers"], p);
-    EXPECT_EQ(summary["test_accuracy"], nlohmann::json::parse(std::ifstream(dir / "p1" / "summary.json"))["test_accuracy"]);
+    EXPECT_EQ(summary["test_accuracy"],
+              nlohmann::json::parse(std::ifstream(dir / "p1" / "summary.json"))["test_accuracy"]);
   }
   // Resumed with another number of workers: still the one-process run.
   r = train("q", "--epochs 1 --workers 2");
@@ -526,8 +536,9 @@ Result bench(const std::string& args) { return shell(std::string(NOPROP_BENCH) +
 // noprop_bench prints one JSON object whose FLOP count matches the architecture's, worked out
 // here by hand, and refuses bad input in one line.
 TEST(BenchTest, ReportsThroughputAsJsonAndRefusesBadInput) {
-  const std::string tiny = "--synthetic --architecture seed --batch 8 --steps 2 --warmup 0 --inference-batches 1 "
-                           "--inference-batch 10 --threads 1 --set num_layers=2";
+  const std::string tiny =
+      "--synthetic --architecture seed --batch 8 --steps 2 --warmup 0 --inference-batches 1 "
+      "--inference-batch 10 --threads 1 --set num_layers=2";
   auto r = shell(std::string(NOPROP_BENCH) + " " + tiny + " 2>/dev/null");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto j = nlohmann::json::parse(r.out);

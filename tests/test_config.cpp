@@ -9,7 +9,6 @@
 using namespace noprop;
 using noprop::test::error_of;
 
-
 TEST(Config, YamlOverridesDefaults) {
   Config c;
   apply_yaml(c, "batch_size: 64\nlearning_rate: 2e-3\nearly_stopping: true\narchitecture: seed\n", "x.yaml");
@@ -128,9 +127,13 @@ TEST(Config, ContinuousConfigsFollowTable3) {
         EXPECT_DOUBLE_EQ(c.learning_rate, 1e-3) << name;
         EXPECT_EQ(c.inference_steps, 1000) << name;
         EXPECT_EQ(c.architecture, "paper") << name;
-        if (m == "ct") EXPECT_DOUBLE_EQ(c.eta, 1.0) << name;
+        if (m == "ct") {
+          EXPECT_DOUBLE_EQ(c.eta, 1.0) << name;
+        }
         EXPECT_EQ(c.embedding, suffix.empty() ? "one-hot" : suffix == "-dim20" ? "learned" : "prototype") << name;
-        if (suffix == "-dim20") EXPECT_EQ(c.embedding_dim, 20) << name;
+        if (suffix == "-dim20") {
+          EXPECT_EQ(c.embedding_dim, 20) << name;
+        }
       }
       EXPECT_NO_THROW(find_named_config(ds + "-" + m + "-quick"));
     }

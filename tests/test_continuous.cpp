@@ -62,7 +62,12 @@ TEST(CT, PerfectDenoiserReproducesMarginals) {
   u.select(1, 0).fill_(1.0);
   auto perfect = [&](const torch::Tensor&, const torch::Tensor&) { return u; };
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  struct Case { double gamma0; const char* sampler; const char* solver; int steps; };
+  struct Case {
+    double gamma0;
+    const char* sampler;
+    const char* solver;
+    int steps;
+  };
   for (Case k : {Case{0.0, "ancestral", "euler", 7}, Case{-3.0, "ancestral", "euler", 100},
                  Case{0.0, "flow", "heun", 200}, Case{-3.0, "flow", "euler", 1000}}) {
     {

@@ -36,7 +36,7 @@ TEST_F(DataTest, IdxMalformedFilesAreNamedErrors) {
   };
   std::vector<uint8_t> px(8, 7);
   expect_error({}, "empty file");
-  expect_error(idx_labels({1, 2}), "wrong magic");                  // a label file read as images
+  expect_error(idx_labels({1, 2}), "wrong magic");  // a label file read as images
   expect_error({0, 0, 8, 3, 0, 0}, "truncated header");
   auto truncated = idx_images(2, 2, 2, px);
   truncated.pop_back();
@@ -88,7 +88,8 @@ TEST_F(DataTest, LoadsMnistLayoutNormalised) {
   EXPECT_NEAR(d.train.images.view(-1)[100].item<float>(), (raw.pixels[100] / 255.0 - 0.1307) / 0.3081, 1e-5);
   // Also found one folder down, under a conventional name.
   fs::create_directories(dir / "mnist");
-  for (auto f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"})
+  for (auto f :
+       {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"})
     fs::rename(dir / f, dir / "mnist" / f);
   EXPECT_EQ(locate_dataset("mnist", dir), dir / "mnist");
   EXPECT_EQ(load_dataset("mnist", dir).test.size(), 20);
@@ -123,7 +124,8 @@ std::vector<uint8_t> cifar_records(int n, bool c100, uint8_t label_base) {
 }  // namespace
 
 TEST_F(DataTest, ReadsCifar10And100) {
-  for (int b = 1; b <= 5; ++b) write_bytes(dir / ("data_batch_" + std::to_string(b) + ".bin"), cifar_records(4, false, b));
+  for (int b = 1; b <= 5; ++b)
+    write_bytes(dir / ("data_batch_" + std::to_string(b) + ".bin"), cifar_records(4, false, b));
   write_bytes(dir / "test_batch.bin", cifar_records(3, false, 0));
   auto d = load_dataset("cifar10", dir);
   EXPECT_EQ(d.train.size(), 20);

@@ -57,9 +57,9 @@ class HttpServer {
       std::lock_guard<std::mutex> lock(m_);
       stopping_ = true;
     }
-    cv_.notify_all();      // releases stalled responses
+    cv_.notify_all();            // releases stalled responses
     ::shutdown(fd_, SHUT_RDWR);  // makes the blocked accept() return
-    acceptor_.join();      // after this nobody adds workers
+    acceptor_.join();            // after this nobody adds workers
     for (auto& t : workers_) t.join();
     ::close(fd_);
   }
@@ -197,8 +197,7 @@ class DownloadTest : public ::testing::Test {
  protected:
   void SetUp() override {
     static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("noprop-dl-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    dir = fs::temp_directory_path() / ("noprop-dl-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
     fs::remove_all(dir);
     fs::create_directories(dir);
     opt.progress = false;
@@ -273,13 +272,13 @@ TEST_P(BadMirrorTest, FailsOverToTheNextMirror) {
   EXPECT_EQ(server.hits("/good/f.bin"), 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Modes, BadMirrorTest,
-    ::testing::Values(std::pair{Mode::truncated, std::string("transfer closed with 100000 bytes remaining")},
-                      std::pair{Mode::corrupt, std::string("MD5 mismatch: got ")},
-                      std::pair{Mode::missing, std::string("HTTP 404")},
-                      std::pair{Mode::stall, std::string("Operation too slow")}),
-    [](const auto& info) { return mode_name(info.param.first); });
+INSTANTIATE_TEST_SUITE_P(Modes, BadMirrorTest,
+                         ::testing::Values(std::pair{Mode::truncated,
+                                                     std::string("transfer closed with 100000 bytes remaining")},
+                                           std::pair{Mode::corrupt, std::string("MD5 mismatch: got ")},
+                                           std::pair{Mode::missing, std::string("HTTP 404")},
+                                           std::pair{Mode::stall, std::string("Operation too slow")}),
+                         [](const auto& info) { return mode_name(info.param.first); });
 
 TEST_F(DownloadTest, EveryMirrorBadIsOneLineWithManualSteps) {
   std::string one = random_bytes(5000, 4), two = random_bytes(5000, 5);
@@ -350,14 +349,12 @@ TEST_F(DownloadTest, UnreachableMirrorsAndTheOfflineCase) {
 
   fs::remove_all(dir / "toy");
   testing::internal::CaptureStderr();
-  auto msg = error_of(
-      [&] { download_dataset(toy({refused, "http://127.0.0.1:2/"}, {{"f.bin", body}}), dir, opt); });
+  auto msg = error_of([&] { download_dataset(toy({refused, "http://127.0.0.1:2/"}, {{"f.bin", body}}), dir, opt); });
   testing::internal::GetCapturedStderr();
   EXPECT_NE(msg.find(refused + "f.bin: "), std::string::npos) << msg;
   EXPECT_NE(msg.find("http://127.0.0.1:2/f.bin: "), std::string::npos) << msg;
   EXPECT_NE(msg.find("onnect"), std::string::npos) << msg;  // "Failed to connect ..." / "Couldn't connect ..."
-  EXPECT_NE(msg.find("download f.bin by hand from " + refused + " into " + (dir / "toy").string()),
-            std::string::npos)
+  EXPECT_NE(msg.find("download f.bin by hand from " + refused + " into " + (dir / "toy").string()), std::string::npos)
       << msg;
   EXPECT_EQ(files_under(dir), std::set<std::string>{});
 }

@@ -91,8 +91,9 @@ TEST_F(ImageTest, NonImagesAreNamedErrors) {
             std::string::npos);
   // Another: a 16-bit PGM header claiming 888884×4 pixels over 5 bytes (stb read past the end).
   write_file_atomic(dir / "short.pgm", "P5\n888884\n4\n488\n\x01\x33");
-  EXPECT_NE(error_of([&] { read_image(dir / "short.pgm", info); }).find("short.pgm: truncated: the header claims 888884x4"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { read_image(dir / "short.pgm", info); }).find("short.pgm: truncated: the header claims 888884x4"),
+      std::string::npos);
   write_file_atomic(dir / "x.gif", "GIF89a\x01\x00\x01\x00\x00\x00\x00;");
   EXPECT_NE(error_of([&] { read_image(dir / "x.gif", info); }).find("not a PNG, binary PGM/PPM, JPEG or BMP file"),
             std::string::npos);

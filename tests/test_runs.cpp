@@ -42,8 +42,8 @@ TEST_F(RunsTest, ReadsMetricsSummaryAndConfig) {
 }
 
 TEST_F(RunsTest, MalformedRunsAreNamed) {
-  auto run = write_run(dir / "bad", "dt", "one-hot", 1, "epoch,test_accuracy,seconds,eval_seconds\n1,97,10,1\n2,98,10\n",
-                       {});
+  auto run =
+      write_run(dir / "bad", "dt", "one-hot", 1, "epoch,test_accuracy,seconds,eval_seconds\n1,97,10,1\n2,98,10\n", {});
   EXPECT_NE(error_of([&] { read_run(run); }).find("metrics.csv: line 3 has 3 values, the header 4"), std::string::npos);
   write_file_atomic(run / "metrics.csv", "epoch,test_accuracy,seconds,eval_seconds\n1,9x7,10,1\n");
   EXPECT_NE(error_of([&] { read_run(run); }).find("line 2: '9x7' is not a number"), std::string::npos);

@@ -10,7 +10,10 @@ using noprop::ScheduleOptions;
 // Values of the method note's table (T = 10), computed independently in float64.
 TEST(Schedule, MatchesMethodNoteTable) {
   CosineSchedule s(ScheduleOptions{});
-  struct Row { int t; double ab, snr, dsnr, a, b, c; };
+  struct Row {
+    int t;
+    double ab, snr, dsnr, a, b, c;
+  };
   const Row rows[] = {
       {1, 0.024092, 0.0247, 0.0237, 0.148921, 0.199026, 0.936337},
       {5, 0.493844, 0.9757, 0.4587, 0.330356, 0.637874, 0.237943},
@@ -94,7 +97,8 @@ TEST(LearnedSchedule, SnrDerivativeMatchesFiniteDifferences) {
     auto tt = torch::tensor({0.37}, torch::kFloat64).requires_grad_(true);
     auto snr = s->snr(tt);
     auto grad = torch::autograd::grad({snr}, {tt})[0];
-    EXPECT_NEAR(grad.item<double>(), s->snr_derivative(tt.detach()).item<double>(), 1e-8 * grad.abs().item<double>() + 1e-10);
+    EXPECT_NEAR(grad.item<double>(), s->snr_derivative(tt.detach()).item<double>(),
+                1e-8 * grad.abs().item<double>() + 1e-10);
   }
 }
 

@@ -39,5 +39,5 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, TrainingTest,
-                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential", "dt-per_batch", "dt-learned-per_batch", "ct", "ct-learned", "fm",
-                                           "fm-learned"));
+                         ::testing::Values("dt", "backprop", "dt-learned", "dt-sequential", "dt-per_batch",
+                                           "dt-learned-per_batch", "ct", "ct-learned", "fm", "fm-learned"));

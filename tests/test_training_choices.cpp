@@ -107,8 +107,8 @@ TEST(Readout, BlocksIsTheMeanOfTheBlocksProbabilities) {
 namespace {
 // Exposes the clipping step to the test.
 struct ClipProbe : DTMethod {
-  using DTMethod::DTMethod;
   using DTMethod::clip_and_check_grads;
+  using DTMethod::DTMethod;
 };
 }  // namespace
 
@@ -116,7 +116,7 @@ struct ClipProbe : DTMethod {
 TEST(Clipping, GroupsAreClippedApart) {
   Config c = tiny_cfg("dt");
   ClipProbe m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
-  auto big = torch::full({4}, 5.0f);    // norm 10
+  auto big = torch::full({4}, 5.0f);     // norm 10
   auto small = torch::full({4}, 0.05f);  // norm 0.1
   ASSERT_TRUE(m.clip_and_check_grads({{big}, {small}}, std::vector<double>{1.0, 1.0}, torch::zeros({}), "x"));
   EXPECT_NEAR(big.norm().item<double>(), 1.0, 1e-4);
@@ -157,8 +157,8 @@ TEST(LearningRate, WarmupThenCosine) {
   EXPECT_NEAR(learning_rate_at(c, 49, 100), 5e-4, 1e-12);
   EXPECT_DOUBLE_EQ(learning_rate_at(c, 100, 100), 1e-3);
   c.lr_schedule = "cosine";
-  EXPECT_NEAR(learning_rate_at(c, 100, 100), 1e-3, 1e-12);          // decay starts after the warm-up
-  EXPECT_NEAR(learning_rate_at(c, 550, 100), 0.5e-3, 1e-12);        // half-way through the decay
+  EXPECT_NEAR(learning_rate_at(c, 100, 100), 1e-3, 1e-12);    // decay starts after the warm-up
+  EXPECT_NEAR(learning_rate_at(c, 550, 100), 0.5e-3, 1e-12);  // half-way through the decay
   EXPECT_NEAR(learning_rate_at(c, 999, 100), 1e-3 * 0.5 * (1 + std::cos(M_PI * 899.0 / 900)), 1e-12);
 }
 

@@ -57,7 +57,8 @@ inline void write_bytes(const std::filesystem::path& p, const std::vector<uint8_
     gzwrite(f, bytes.data(), unsigned(bytes.size()));
     gzclose(f);
   } else {
-    std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    std::ofstream(p, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
   }
 }
 

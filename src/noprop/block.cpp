@@ -80,29 +80,29 @@ torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, bo
 }
 
 DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
-  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed",
-              "unknown block architecture '", opt.architecture, "'");
+  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed", "unknown block architecture '",
+              opt.architecture, "'");
   image_path = register_module("image_path", make_conv_path(opt));
   if (opt.label_is_image) {
     label_conv = register_module("label_conv", make_conv_path(opt));
   } else {
     label_in = register_module(
         "label_in", nn::Sequential(nn::Linear(opt.embed_dim, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU()));
-    label_res = register_module(
-        "label_res", nn::Sequential(nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU(),
-                                    nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures)));
+    label_res = register_module("label_res",
+                                nn::Sequential(nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU(),
+                                               nn::Linear(kFeatures, kFeatures), nn::BatchNorm1d(kFeatures)));
   }
-  fused = register_module(
-      "fused", nn::Sequential(nn::Linear(2 * kFeatures, kFeatures), nn::BatchNorm1d(kFeatures), nn::ReLU(),
-                              nn::Linear(kFeatures, 128), nn::BatchNorm1d(128), nn::ReLU(),
-                              nn::Linear(128, opt.num_classes)));
+  fused = register_module("fused", nn::Sequential(nn::Linear(2 * kFeatures, kFeatures), nn::BatchNorm1d(kFeatures),
+                                                  nn::ReLU(), nn::Linear(kFeatures, 128), nn::BatchNorm1d(128),
+                                                  nn::ReLU(), nn::Linear(128, opt.num_classes)));
 }
 
 torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
   auto img = conv_path_forward(image_path, x, options.fused_kernels);
   torch::Tensor lab;
   if (options.label_is_image) {
-    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options.fused_kernels);
+    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}),
+                            options.fused_kernels);
   } else {
     auto h = label_in->forward(z);
     lab = label_res->forward(h) + h;
@@ -118,8 +118,8 @@ torch::Tensor time_embedding(const torch::Tensor& t, int dim) {
 }
 
 ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt) {
-  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed",
-              "unknown block architecture '", opt.architecture, "'");
+  TORCH_CHECK(opt.architecture == "paper" || opt.architecture == "seed", "unknown block architecture '",
+              opt.architecture, "'");
   image_path = register_module("image_path", make_conv_path(opt, /*batch_norm=*/false));
   if (opt.label_is_image)
     label_conv = register_module("label_conv", make_conv_path(opt, /*batch_norm=*/false));
@@ -127,13 +127,14 @@ ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt)
     label_in = register_module("label_in", nn::Sequential(nn::Linear(opt.embed_dim, kFeatures), nn::ReLU()));
   time_in = register_module("time_in", nn::Sequential(nn::Linear(kTimeDim, kFeatures), nn::ReLU()));
   fused_in = register_module("fused_in", nn::Linear(3 * kFeatures, kFeatures));
-  fused = register_module("fused", nn::Sequential(nn::ReLU(), nn::Linear(kFeatures, 128), nn::ReLU(),
-                                                  nn::Linear(128, opt.num_classes)));
+  fused = register_module(
+      "fused", nn::Sequential(nn::ReLU(), nn::Linear(kFeatures, 128), nn::ReLU(), nn::Linear(128, opt.num_classes)));
 }
 
 torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
   // fused_in(concat(img, lab, time)) = img·W_imgᵀ + b + lab·W_labᵀ + time·W_timeᵀ.
-  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options.fused_kernels), fused_in->weight.slice(1, 0, kFeatures).t());
+  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options.fused_kernels),
+                      fused_in->weight.slice(1, 0, kFeatures).t());
 }
 
 torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
@@ -162,7 +163,8 @@ double image_path_madds(const BlockOptions& opt) {
 double continuous_block_forward_flops(const BlockOptions& opt) {
   double image = image_path_madds(opt);
   double label = opt.label_is_image ? image : double(opt.embed_dim) * kFeatures;
-  double fused = double(kTimeDim) * kFeatures + 3.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
+  double fused =
+      double(kTimeDim) * kFeatures + 3.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
   return 2.0 * (image + label + fused);
 }
 

@@ -24,8 +24,8 @@ namespace noprop {
 struct BlockOptions {
   std::string architecture = "paper";  // paper | seed
   int channels = 1, height = 28, width = 28;
-  int embed_dim = 10;     // d, the size of z
-  int num_classes = 10;   // m, the size of the logits
+  int embed_dim = 10;    // d, the size of z
+  int num_classes = 10;  // m, the size of the logits
   double dropout = 0.2;
   bool label_is_image = false;  // prototype embeddings: z has the image's shape
   // ReLU → max-pool → dropout (and ReLU → dropout) in one pass each on CPU float32 (kernels.h);
@@ -46,9 +46,9 @@ struct DenoiseBlockImpl : torch::nn::Module {
 
   BlockOptions options;
   torch::nn::Sequential image_path{nullptr};
-  torch::nn::Sequential label_in{nullptr};     // FC 256 → BN → ReLU (vector labels)
-  torch::nn::Sequential label_res{nullptr};    // the residual branch (vector labels)
-  torch::nn::Sequential label_conv{nullptr};   // prototype labels
+  torch::nn::Sequential label_in{nullptr};    // FC 256 → BN → ReLU (vector labels)
+  torch::nn::Sequential label_res{nullptr};   // the residual branch (vector labels)
+  torch::nn::Sequential label_conv{nullptr};  // prototype labels
   torch::nn::Sequential fused{nullptr};
 };
 TORCH_MODULE(DenoiseBlock);
@@ -73,8 +73,8 @@ struct ContinuousBlockImpl : torch::nn::Module {
   torch::nn::Sequential label_in{nullptr};    // vector labels
   torch::nn::Sequential label_conv{nullptr};  // prototype labels
   torch::nn::Sequential time_in{nullptr};
-  torch::nn::Linear fused_in{nullptr};        // on concat(image, label, time)
-  torch::nn::Sequential fused{nullptr};       // ReLU → FC 128 → ReLU → FC m
+  torch::nn::Linear fused_in{nullptr};   // on concat(image, label, time)
+  torch::nn::Sequential fused{nullptr};  // ReLU → FC 128 → ReLU → FC m
 };
 TORCH_MODULE(ContinuousBlock);
 

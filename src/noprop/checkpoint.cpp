@@ -50,8 +50,10 @@ torch::serialize::InputArchive open_archive(const std::filesystem::path& path) {
   // reaches it before the checksum has been verified.
   if (bytes.size() < kTrailerSize ||
       std::memcmp(bytes.data() + bytes.size() - kTrailerSize, kTrailerMagic, sizeof kTrailerMagic) != 0)
-    throw Error(path.string() + ": not a readable checkpoint (no checksum trailer: truncated, corrupt, or not written "
-                "by noprop format " + std::to_string(kCheckpointVersion) + ")");
+    throw Error(path.string() +
+                ": not a readable checkpoint (no checksum trailer: truncated, corrupt, or not written "
+                "by noprop format " +
+                std::to_string(kCheckpointVersion) + ")");
   const char* t = bytes.data() + bytes.size() - kTrailerSize;
   const std::size_t body = bytes.size() - kTrailerSize;
   if (read_le(t + 8, 8) != body)
@@ -113,8 +115,8 @@ TrainingState read_state_fields(torch::serialize::InputArchive& ar, const std::f
     s.samples = read_int(ar, path, "samples");
     s.skipped = read_int(ar, path, "skipped");
     s.train_seconds = read_double(ar, path, "train_seconds");
-    for (auto [key, t] : {std::pair{"permutation", &s.permutation}, {"loss_sums", &s.loss_sums},
-                          {"loss_counts", &s.loss_counts}})
+    for (auto [key, t] :
+         {std::pair{"permutation", &s.permutation}, {"loss_sums", &s.loss_sums}, {"loss_counts", &s.loss_counts}})
       if (!ar.try_read(key, *t)) throw Error(path.string() + ": checkpoint lacks '" + key + "'");
   }
   return s;

@@ -49,12 +49,12 @@ Key number(const char* name, T Config::*member, double lo, double hi, const char
           if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
           v = n.as<T>();
         } catch (const YAML::Exception&) {
-          bad(where, name, std::string("expected ") + (is_int ? "an integer" : "a number") +
-                               ", got '" + scalar_text(n) + "'");
+          bad(where, name,
+              std::string("expected ") + (is_int ? "an integer" : "a number") + ", got '" + scalar_text(n) + "'");
         }
         if (static_cast<double>(v) < lo || static_cast<double>(v) > hi || v != v)
-          bad(where, name, "must be between " + number_text(lo) + " and " + number_text(hi) +
-                               ", got " + scalar_text(n));
+          bad(where, name,
+              "must be between " + number_text(lo) + " and " + number_text(hi) + ", got " + scalar_text(n));
         c.*member = v;
       },
       [=](const Config& c, YAML::Emitter& e) { e << YAML::Key << name << YAML::Value << c.*member; }};
@@ -70,27 +70,23 @@ Key flag(const char* name, bool Config::*member, const char* help) {
                  bad(where, name, "expected true or false, got '" + scalar_text(n) + "'");
                }
              },
-             [=](const Config& c, YAML::Emitter& e) {
-               e << YAML::Key << name << YAML::Value << c.*member;
-             }};
+             [=](const Config& c, YAML::Emitter& e) { e << YAML::Key << name << YAML::Value << c.*member; }};
 }
 
-Key text(const char* name, std::string Config::*member, std::vector<std::string> choices,
-         const char* help) {
-  return Key{name, help,
-             [=](Config& c, const YAML::Node& n, const std::string& where) {
-               if (!n.IsScalar()) bad(where, name, "expected a string, got '" + scalar_text(n) + "'");
-               std::string v = n.Scalar();
-               if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
-                 std::string hint = closest_match(v, choices);
-                 bad(where, name, "'" + v + "' is not one of " + join(choices) +
-                                      (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
-               }
-               c.*member = v;
-             },
-             [=](const Config& c, YAML::Emitter& e) {
-               e << YAML::Key << name << YAML::Value << c.*member;
-             }};
+Key text(const char* name, std::string Config::*member, std::vector<std::string> choices, const char* help) {
+  return Key{
+      name, help,
+      [=](Config& c, const YAML::Node& n, const std::string& where) {
+        if (!n.IsScalar()) bad(where, name, "expected a string, got '" + scalar_text(n) + "'");
+        std::string v = n.Scalar();
+        if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
+          std::string hint = closest_match(v, choices);
+          bad(where, name,
+              "'" + v + "' is not one of " + join(choices) + (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+        }
+        c.*member = v;
+      },
+      [=](const Config& c, YAML::Emitter& e) { e << YAML::Key << name << YAML::Value << c.*member; }};
 }
 
 constexpr double kBig = 1e12;
@@ -110,12 +106,14 @@ const std::vector<Key>& keys() {
       text("block_order", &Config::block_order, {"interleaved", "sequential"},
            "NoProp-DT: every block every batch, or Algorithm 1's one block per pass"),
       text("shared_update", &Config::shared_update, {"per_block", "per_batch"},
-           "NoProp-DT: head/embedding gradients taken after each block's step, or all at the batch's start (block-parallel runs)"),
+           "NoProp-DT: head/embedding gradients taken after each block's step, or all at the batch's start "
+           "(block-parallel runs)"),
       number("noise_schedule_min", &Config::noise_schedule_min, 1e-9, 0.5, "ᾱ_min of the cosine schedule"),
       number("noise_schedule_max", &Config::noise_schedule_max, 0.5, 1 - 1e-9, "ᾱ_max of the cosine schedule"),
       number("cosine_s", &Config::cosine_s, 0, 1, "offset s of the cosine schedule"),
       number("alpha_init", &Config::alpha_init, -0.999, 0.999, "backprop: initial α_t = tanh(w_t)"),
-      number("schedule_hidden", &Config::schedule_hidden, 1, 100000, "CT: hidden width of the learned schedule network"),
+      number("schedule_hidden", &Config::schedule_hidden, 1, 100000,
+             "CT: hidden width of the learned schedule network"),
       number("fm_sigma", &Config::fm_sigma, 0, 10, "FM: noise σ around the straight path z_t"),
       text("architecture", &Config::architecture, {"paper", "seed"},
            "block: paper (Fig. 6, three convs) or seed (two convs)"),
@@ -132,8 +130,7 @@ const std::vector<Key>& keys() {
       number("epochs", &Config::epochs, 1, 1000000, "number of epochs"),
       number("learning_rate", &Config::learning_rate, 1e-12, 10, "learning rate"),
       number("weight_decay", &Config::weight_decay, 0, 10, "weight decay"),
-      number("grad_clip_max_norm", &Config::grad_clip_max_norm, 0, kBig,
-             "gradient norm clip per block (0: off)"),
+      number("grad_clip_max_norm", &Config::grad_clip_max_norm, 0, kBig, "gradient norm clip per block (0: off)"),
       text("grad_clip_scaling", &Config::grad_clip_scaling, {"none", "loss_weight"},
            "NoProp-DT: block t's clip as is, or times its loss weight ½Tη(SNR(t) − SNR(t−1))"),
       text("lr_schedule", &Config::lr_schedule, {"constant", "cosine"},
@@ -189,8 +186,7 @@ void apply_key(Config& cfg, const std::string& name, const YAML::Node& value, co
     }
   }
   std::string hint = closest_match(name, key_names());
-  throw Error(where + ": unknown config key '" + name + "'" +
-              (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+  throw Error(where + ": unknown config key '" + name + "'" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
 }
 
 std::vector<std::filesystem::path> config_dirs() {
@@ -214,7 +210,8 @@ void apply_yaml(Config& cfg, const std::string& yaml_text, const std::string& so
   if (!root.IsMap()) throw Error(source + ": expected a mapping of config keys");
   std::set<std::string> seen;
   for (const auto& kv : root) {
-    if (!kv.first.IsScalar()) throw Error(source + ": config keys must be plain names, got '" + scalar_text(kv.first) + "'");
+    if (!kv.first.IsScalar())
+      throw Error(source + ": config keys must be plain names, got '" + scalar_text(kv.first) + "'");
     std::string name = kv.first.Scalar();
     if (!seen.insert(name).second) throw Error(source + ": config key '" + name + "' given twice");
     apply_key(cfg, name, kv.second, source);
@@ -223,8 +220,7 @@ void apply_yaml(Config& cfg, const std::string& yaml_text, const std::string& so
 
 void apply_override(Config& cfg, const std::string& assignment) {
   auto eq = assignment.find('=');
-  if (eq == std::string::npos || eq == 0)
-    throw Error("--set '" + assignment + "': expected key=value");
+  if (eq == std::string::npos || eq == 0) throw Error("--set '" + assignment + "': expected key=value");
   std::string name = assignment.substr(0, eq), value = assignment.substr(eq + 1);
   YAML::Node node;
   try {
@@ -246,11 +242,11 @@ void validate(const Config& cfg) {
                 std::to_string(cfg.epochs) + " epochs)");
   bool cpu = cfg.device == "cpu";
   bool cuda = cfg.device == "cuda" || cfg.device.rfind("cuda:", 0) == 0;
-  if (!cpu && !cuda)
-    throw Error("config key 'device': '" + cfg.device + "' is not cpu, cuda or cuda:N");
+  if (!cpu && !cuda) throw Error("config key 'device': '" + cfg.device + "' is not cpu, cuda or cuda:N");
   if (cfg.concurrent_blocks > 1 && cfg.kernels != "fused")
-    throw Error("config key 'concurrent_blocks': concurrent blocks need kernels: fused (LibTorch's dropout draws "
-                "from one shared generator, so masks would depend on thread timing)");
+    throw Error(
+        "config key 'concurrent_blocks': concurrent blocks need kernels: fused (LibTorch's dropout draws "
+        "from one shared generator, so masks would depend on thread timing)");
 }
 
 Config load_config_file(const std::filesystem::path& path) {

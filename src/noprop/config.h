@@ -19,21 +19,21 @@ struct Config {
   int test_samples = 0;           // evaluate on the first N test samples only (0: all), for quick runs
 
   // Method.
-  std::string method = "dt";                 // dt | backprop | ct | fm
-  int num_layers = 10;                       // T, the number of blocks
-  double eta = 0.1;                          // η of Eq. 8
-  std::string block_order = "interleaved";   // interleaved | sequential (Algorithm 1)
+  std::string method = "dt";                // dt | backprop | ct | fm
+  int num_layers = 10;                      // T, the number of blocks
+  double eta = 0.1;                         // η of Eq. 8
+  std::string block_order = "interleaved";  // interleaved | sequential (Algorithm 1)
   // NoProp-DT: the head and embeddings step after each block with a gradient taken after the
   // previous block's step (per_block, Algorithm 1's order), or take the same T steps with
   // gradients all taken at the batch's starting state (per_batch: what block-parallel runs do,
   // so that blocks need nothing from each other within a batch) (ours).
   std::string shared_update = "per_block";
-  double noise_schedule_min = 1e-3;          // ᾱ_min
-  double noise_schedule_max = 0.999;         // ᾱ_max
-  double cosine_s = 0.008;                   // s of the cosine schedule
-  double alpha_init = 0.5;                   // backprop: initial α_t = tanh(w_t) (ours)
-  int schedule_hidden = 64;                  // CT: hidden width of the schedule network γ̃ (ours)
-  double fm_sigma = 0.0;                     // FM: σ of z_t ~ N(t z_1 + (1 − t) z_0, σ²) (ours)
+  double noise_schedule_min = 1e-3;   // ᾱ_min
+  double noise_schedule_max = 0.999;  // ᾱ_max
+  double cosine_s = 0.008;            // s of the cosine schedule
+  double alpha_init = 0.5;            // backprop: initial α_t = tanh(w_t) (ours)
+  int schedule_hidden = 64;           // CT: hidden width of the schedule network γ̃ (ours)
+  double fm_sigma = 0.0;              // FM: σ of z_t ~ N(t z_1 + (1 − t) z_0, σ²) (ours)
 
   // Model.
   std::string architecture = "paper";  // paper (Fig. 6, three convs) | seed (two convs)
@@ -65,30 +65,30 @@ struct Config {
   double warmup_epochs = 0;
   std::string on_nonfinite = "skip";  // NaN/Inf loss or gradient: skip that update | stop the run
   long long seed = 42;
-  bool early_stopping = false;          // stop once test accuracy reaches the target
+  bool early_stopping = false;  // stop once test accuracy reaches the target
   double early_stopping_accuracy = 99.5;
 
   // Inference and evaluation.
-  bool inference_noise = true;   // false: z_0 = 0 and ε_t = 0, a deterministic chain
-  int inference_steps = 1000;    // CT and FM: steps over t ∈ [0, 1]
-  std::string solver = "euler";  // CT flow and FM: euler | heun
+  bool inference_noise = true;           // false: z_0 = 0 and ε_t = 0, a deterministic chain
+  int inference_steps = 1000;            // CT and FM: steps over t ∈ [0, 1]
+  std::string solver = "euler";          // CT flow and FM: euler | heun
   std::string ct_sampler = "ancestral";  // CT: ancestral (Eq. 3) | flow (probability-flow ODE)
-  int inference_runs = 5;        // stochastic runs averaged at the end of training
+  int inference_runs = 5;                // stochastic runs averaged at the end of training
   // NoProp-DT: the class scores of an inference run: the mean of the T blocks' class
   // probabilities softmax(logits_t) along the Eq. 3 chain (blocks; measured best, docs/results.md),
   // or the head on z_T (head, the paper's p̂_θout(y | z_T)). Training is Eq. 8 either way (ours).
   std::string readout = "blocks";
   long long inference_seed = 0;
   int eval_batch_size = 1000;
-  bool train_eval = false;       // also measure training-set accuracy each epoch
+  bool train_eval = false;  // also measure training-set accuracy each epoch
 
   // Logging and checkpoints.
-  int log_interval = 100;        // batches between plain progress lines / per-batch rows
-  bool detailed_logging = false; // per-batch rows in batches.csv
+  int log_interval = 100;         // batches between plain progress lines / per-batch rows
+  bool detailed_logging = false;  // per-batch rows in batches.csv
   bool save_best = true;
   bool save_final = true;
-  int checkpoint_every = 0;      // also keep epoch_N.pt every N epochs (0: never)
-  bool plot = true;              // curves.png / curves.svg in the run directory at the end (gnuplot)
+  int checkpoint_every = 0;  // also keep epoch_N.pt every N epochs (0: never)
+  bool plot = true;          // curves.png / curves.svg in the run directory at the end (gnuplot)
 
   // Runtime.
   std::string device = "cpu";  // cpu | cuda | cuda:N
@@ -104,7 +104,7 @@ struct Config {
   // Distributed runs (--workers, or RANK/WORLD_SIZE): NoProp-DT trains its blocks in parallel
   // (block) or splits every batch (data); the other methods are always data-parallel.
   std::string parallel = "block";
-  int dist_timeout = 300;      // seconds a collective may wait before the run stops
+  int dist_timeout = 300;  // seconds a collective may wait before the run stops
 };
 
 // Applies every key of a YAML mapping; `source` names the file (or "--set") in errors.

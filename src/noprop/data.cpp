@@ -80,8 +80,7 @@ std::vector<int64_t> idx_dims(const std::vector<uint8_t>& bytes, const fs::path&
   if (dims[0] == 0) fail(path, "holds no items");
   uint64_t have = bytes.size() - header;
   if (have < total)
-    fail(path, "truncated: header claims " + std::to_string(total) + " data bytes, file has " +
-                   std::to_string(have));
+    fail(path, "truncated: header claims " + std::to_string(total) + " data bytes, file has " + std::to_string(have));
   if (have > total)
     fail(path, "has " + std::to_string(have - total) + " trailing bytes after the data its header claims");
   return dims;
@@ -97,11 +96,10 @@ fs::path find_file(const fs::path& dir, const std::string& base) {
 
 std::vector<std::string> required_files(const std::string& name) {
   if (name == "cifar10")
-    return {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
-            "data_batch_5.bin", "test_batch.bin"};
+    return {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+            "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"};
   if (name == "cifar100" || name == "cifar100-coarse") return {"train.bin", "test.bin"};
-  return {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-          "t10k-labels-idx1-ubyte"};
+  return {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
 }
 
 std::vector<std::string> subfolders(const std::string& name) {
@@ -127,13 +125,10 @@ Dataset make_split(torch::Tensor images, std::vector<uint8_t> labels) {
 DataInfo dataset_info(const std::string& name) {
   if (name == "mnist") return {name, 1, 28, 28, 10, {0.1307}, {0.3081}};
   if (name == "fashion-mnist") return {name, 1, 28, 28, 10, {0.2860}, {0.3530}};
-  if (name == "cifar10")
-    return {name, 3, 32, 32, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
-  if (name == "cifar100")
-    return {name, 3, 32, 32, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
+  if (name == "cifar10") return {name, 3, 32, 32, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
+  if (name == "cifar100") return {name, 3, 32, 32, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
   // The same files labelled with their 20 superclasses (the record's first byte).
-  if (name == "cifar100-coarse")
-    return {name, 3, 32, 32, 20, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
+  if (name == "cifar100-coarse") return {name, 3, 32, 32, 20, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
   throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100, cifar100-coarse)");
 }
 
@@ -144,11 +139,26 @@ std::vector<std::string> class_names(const std::string& name) {
   if (name == "cifar10")
     return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
   if (name == "cifar100-coarse")
-    return {"aquatic mammals", "fish", "flowers", "food containers", "fruit and vegetables",
-            "household electrical devices", "household furniture", "insects", "large carnivores",
-            "large man-made outdoor things", "large natural outdoor scenes", "large omnivores and herbivores",
-            "medium-sized mammals", "non-insect invertebrates", "people", "reptiles", "small mammals", "trees",
-            "vehicles 1", "vehicles 2"};
+    return {"aquatic mammals",
+            "fish",
+            "flowers",
+            "food containers",
+            "fruit and vegetables",
+            "household electrical devices",
+            "household furniture",
+            "insects",
+            "large carnivores",
+            "large man-made outdoor things",
+            "large natural outdoor scenes",
+            "large omnivores and herbivores",
+            "medium-sized mammals",
+            "non-insect invertebrates",
+            "people",
+            "reptiles",
+            "small mammals",
+            "trees",
+            "vehicles 1",
+            "vehicles 2"};
   std::vector<std::string> out;
   for (int i = 0; i < info.num_classes; ++i) out.push_back(std::to_string(i));
   return out;
@@ -170,8 +180,8 @@ std::vector<uint8_t> read_idx_labels(const fs::path& path, int num_classes) {
   std::vector<uint8_t> labels(bytes.begin() + 8, bytes.end());
   for (std::size_t i = 0; i < labels.size(); ++i)
     if (labels[i] >= num_classes)
-      fail(path, "label " + std::to_string(labels[i]) + " at index " + std::to_string(i) +
-                     " is out of range 0.." + std::to_string(num_classes - 1));
+      fail(path, "label " + std::to_string(labels[i]) + " at index " + std::to_string(i) + " is out of range 0.." +
+                     std::to_string(num_classes - 1));
   return labels;
 }
 
@@ -183,19 +193,18 @@ CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100, bool 
     auto bytes = read_maybe_gz(path);
     if (bytes.empty()) fail(path, "empty file");
     if (bytes.size() % record != 0)
-      fail(path, "size " + std::to_string(bytes.size()) + " is not a multiple of the " +
-                     std::to_string(record) + "-byte record (truncated or not a CIFAR-" +
-                     (cifar100 ? "100" : "10") + " file)");
+      fail(path, "size " + std::to_string(bytes.size()) + " is not a multiple of the " + std::to_string(record) +
+                     "-byte record (truncated or not a CIFAR-" + (cifar100 ? "100" : "10") + " file)");
     std::size_t n = bytes.size() / record;
     for (std::size_t i = 0; i < n; ++i) {
       const uint8_t* r = bytes.data() + i * record;
       uint8_t label = cifar100 && coarse ? r[0] : r[label_bytes - 1];
       if (cifar100 && r[0] >= 20)
-        fail(path, "coarse label " + std::to_string(r[0]) + " of record " + std::to_string(i) +
-                       " is out of range 0..19");
+        fail(path,
+             "coarse label " + std::to_string(r[0]) + " of record " + std::to_string(i) + " is out of range 0..19");
       if (label >= classes)
-        fail(path, "label " + std::to_string(label) + " of record " + std::to_string(i) +
-                       " is out of range 0.." + std::to_string(classes - 1));
+        fail(path, "label " + std::to_string(label) + " of record " + std::to_string(i) + " is out of range 0.." +
+                       std::to_string(classes - 1));
       out.labels.push_back(label);
       out.pixels.insert(out.pixels.end(), r + label_bytes, r + record);
     }

@@ -88,8 +88,8 @@ std::unique_ptr<Distributed> Distributed::from_environment(std::chrono::seconds 
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, rank, world, opts);
   } catch (const std::exception& e) {
-    throw Error("distributed: rank " + std::to_string(rank) + " of " + std::to_string(world) +
-                ": rendezvous at " + addr + ":" + std::to_string(port) + " failed: " + first_line(e.what()));
+    throw Error("distributed: rank " + std::to_string(rank) + " of " + std::to_string(world) + ": rendezvous at " +
+                addr + ":" + std::to_string(port) + " failed: " + first_line(e.what()));
   }
   auto d = std::unique_ptr<Distributed>(new Distributed(rank, world, std::move(impl)));
   d->local_rank_ = env_int("LOCAL_RANK", 0, 65535, std::to_string(rank));
@@ -164,7 +164,8 @@ int launch_workers(int workers, int threads, const std::vector<std::string>& arg
   std::vector<pid_t> pids;
   // Ctrl-C reaches the workers through the terminal; a SIGTERM sent to the launcher alone is
   // passed on. Either way the launcher waits for them.
-  struct sigaction sa {}, old_int{}, old_term{};
+  struct sigaction sa {
+  }, old_int{}, old_term{};
   sa.sa_handler = remember_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &old_int);
@@ -178,9 +179,9 @@ int launch_workers(int workers, int threads, const std::vector<std::string>& arg
           key != "MASTER_ADDR" && key != "MASTER_PORT")
         env.push_back(kv);
     }
-    for (const auto& kv : {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r),
-                           "WORLD_SIZE=" + std::to_string(workers), "LOCAL_WORLD_SIZE=" + std::to_string(workers),
-                           std::string("MASTER_ADDR=127.0.0.1"), "MASTER_PORT=" + port})
+    for (const auto& kv :
+         {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(workers),
+          "LOCAL_WORLD_SIZE=" + std::to_string(workers), std::string("MASTER_ADDR=127.0.0.1"), "MASTER_PORT=" + port})
       env.push_back(kv);
     std::vector<std::string> argv_s{"/proc/self/exe"};
     argv_s.insert(argv_s.end(), args.begin(), args.end());

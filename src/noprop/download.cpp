@@ -115,8 +115,10 @@ struct Transfer {
                     double(total) / 1e6, int(100 * bytes / total));
     else
       std::snprintf(line, sizeof line, "%s: %.1f MB", name.c_str(), double(bytes) / 1e6);
-    if (tty) std::fprintf(stderr, "\r%s%s", line, final ? "\n" : "");
-    else std::fprintf(stderr, "%s\n", line);
+    if (tty)
+      std::fprintf(stderr, "\r%s%s", line, final ? "\n" : "");
+    else
+      std::fprintf(stderr, "%s\n", line);
     printed = true;
   }
 };
@@ -330,7 +332,8 @@ DownloadSource download_source(const std::string& dataset) {
 #ifndef NOPROP_WITH_DOWNLOAD
 // Built with -DNOPROP_DOWNLOAD=OFF (no libcurl, libarchive or OpenSSL, e.g. on a bare GPU machine).
 [[noreturn]] static void not_built(const std::string& what) {
-  throw Error(what + ": this noprop was built without downloads (cmake -DNOPROP_DOWNLOAD=ON needs libcurl, "
+  throw Error(what +
+              ": this noprop was built without downloads (cmake -DNOPROP_DOWNLOAD=ON needs libcurl, "
               "libarchive and OpenSSL); copy the data files by hand");
 }
 std::string md5_hex(const std::string&) { not_built("md5"); }
@@ -350,9 +353,8 @@ fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const 
   // Extracted members are renamed into place, so present means whole: nothing to do, even when
   // the archive has been deleted since.
   const fs::path out = dir / src.extract_dir;
-  if (!src.extract.empty() && std::all_of(src.extract.begin(), src.extract.end(), [&](const std::string& m) {
-        return fs::is_regular_file(out / m, ec);
-      }))
+  if (!src.extract.empty() && std::all_of(src.extract.begin(), src.extract.end(),
+                                          [&](const std::string& m) { return fs::is_regular_file(out / m, ec); }))
     return out;
   std::vector<std::string> mirrors = opt.extra_mirrors;
   mirrors.insert(mirrors.end(), src.mirrors.begin(), src.mirrors.end());
@@ -417,8 +419,8 @@ fs::path download_dataset(const DownloadSource& src, const fs::path& dir, const 
   for (const auto& name : src.extract)
     if (!found.count(name)) missing.push_back(name);
   if (!missing.empty())
-    throw Error(join(archives) + ": the archive lacks " + join(missing) + " (the " + src.dataset +
-                " data set needs " + join(src.extract) + ")");
+    throw Error(join(archives) + ": the archive lacks " + join(missing) + " (the " + src.dataset + " data set needs " +
+                join(src.extract) + ")");
   return out;
 }
 #endif  // NOPROP_WITH_DOWNLOAD

@@ -34,7 +34,7 @@ DownloadSource download_source(const std::string& dataset);
 std::vector<std::string> download_datasets();
 
 struct DownloadOptions {
-  bool progress = true;        // progress on stderr
+  bool progress = true;  // progress on stderr
   long connect_timeout_s = 15;
   // A transfer receiving nothing for this long fails over to the next mirror (libcurl averages
   // the speed over about 5 s, so a stall is noticed that much later).

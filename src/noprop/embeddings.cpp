@@ -4,8 +4,7 @@
 
 namespace noprop {
 
-ClassEmbeddingImpl::ClassEmbeddingImpl(const std::string& k, int num_classes, int dim,
-                                       const torch::Tensor& prototypes)
+ClassEmbeddingImpl::ClassEmbeddingImpl(const std::string& k, int num_classes, int dim, const torch::Tensor& prototypes)
     : kind(k) {
   torch::Tensor w;
   if (kind == "one-hot") {
@@ -65,7 +64,7 @@ HeadImpl::HeadImpl(const std::string& k, int dim, int num_classes, double s) : k
 torch::Tensor HeadImpl::log_prob(const torch::Tensor& z, const torch::Tensor& embed_weight) {
   auto logits = fc->forward(z);
   if (kind == "softmax") return torch::log_softmax(logits, 1);
-  auto y_tilde = torch::softmax(logits, 1).matmul(embed_weight);  // B×d
+  auto y_tilde = torch::softmax(logits, 1).matmul(embed_weight);               // B×d
   auto sq = (y_tilde.unsqueeze(1) - embed_weight.unsqueeze(0)).pow(2).sum(2);  // B×m
   return torch::log_softmax(-sq / (2 * sigma * sigma), 1);
 }

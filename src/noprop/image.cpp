@@ -17,7 +17,9 @@ constexpr int64_t kMaxImagePixels = int64_t(1) << 26;  // 8192 × 8192
 std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool invert) {
   std::string bytes = read_text_file(file);
   // Only the formats documented (stb also decodes GIF, TGA, PSD, HDR and PIC: less exposure).
-  auto starts = [&](const char* magic, std::size_t n) { return bytes.size() >= n && bytes.compare(0, n, magic, n) == 0; };
+  auto starts = [&](const char* magic, std::size_t n) {
+    return bytes.size() >= n && bytes.compare(0, n, magic, n) == 0;
+  };
   const bool pnm = starts("P5", 2) || starts("P6", 2);
   if (!(starts("\x89PNG", 4) || pnm || starts("\xFF\xD8", 2) || starts("BM", 2)))
     throw Error(file.string() + ": cannot decode image: not a PNG, binary PGM/PPM, JPEG or BMP file");
@@ -36,13 +38,13 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
                 std::to_string(kMaxImagePixels) + " pixels");
   // stb converts to the requested channel count (luminance for 1) and reports failures.
   std::unique_ptr<stbi_uc, decltype(&stbi_image_free)> pixels(
-      stbi_load_from_memory(data, int(bytes.size()), &w, &h, &n, info.channels),
-      &stbi_image_free);
+      stbi_load_from_memory(data, int(bytes.size()), &w, &h, &n, info.channels), &stbi_image_free);
   if (!pixels) throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
   if (w <= 0 || h <= 0) throw Error(file.string() + ": image has no pixels");
   const int c = info.channels;
   // HWC bytes → 1×C×H×W floats, resized, rounded back to bytes as the data sets store them.
-  auto img = torch::from_blob(pixels.get(), {h, w, c}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).unsqueeze(0);
+  auto img =
+      torch::from_blob(pixels.get(), {h, w, c}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).unsqueeze(0);
   if (h != info.height || w != info.width) {
     namespace F = torch::nn::functional;
     const bool shrink = h >= info.height && w >= info.width;
@@ -51,8 +53,8 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
       img = F::interpolate(img, shrink ? opt.mode(torch::kArea) : opt.mode(torch::kBilinear).align_corners(false));
     } catch (const c10::Error& e) {
       const std::string what = e.what_without_backtrace();
-      throw Error(file.string() + ": cannot resize the " + std::to_string(w) + "x" + std::to_string(h) + " image: " +
-                  what.substr(0, what.find('\n')));
+      throw Error(file.string() + ": cannot resize the " + std::to_string(w) + "x" + std::to_string(h) +
+                  " image: " + what.substr(0, what.find('\n')));
     }
   }
   img = img.round().clamp(0, 255);

@@ -93,10 +93,9 @@ NOPROP_CLONES void relu_dropout_range(const float* x, float* out, int64_t begin,
   }
 }
 
-NOPROP_CLONES void adamw_range(float* __restrict p, const float* __restrict g, float* __restrict m,
-                               float* __restrict v, int64_t begin, int64_t end, float decay, float beta1,
-                               float one_minus_beta1, float beta2, float one_minus_beta2, float sqrt_bc2, float eps,
-                               float neg_step_size) {
+NOPROP_CLONES void adamw_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+                               int64_t begin, int64_t end, float decay, float beta1, float one_minus_beta1, float beta2,
+                               float one_minus_beta2, float sqrt_bc2, float eps, float neg_step_size) {
   // The same float operations, in the same order, as LibTorch's AdamW::step.
   for (int64_t i = begin; i < end; ++i) {
     const float gi = g[i];
@@ -109,8 +108,8 @@ NOPROP_CLONES void adamw_range(float* __restrict p, const float* __restrict g, f
   }
 }
 
-NOPROP_CLONES void relu_dropout_backward_range(const float* g, const float* out, float* gx, int64_t begin,
-                                               int64_t end, float scale) {
+NOPROP_CLONES void relu_dropout_backward_range(const float* g, const float* out, float* gx, int64_t begin, int64_t end,
+                                               float scale) {
   for (int64_t i = begin; i < end; ++i) gx[i] = out[i] > 0 ? g[i] * scale : 0.0f;
 }
 
@@ -159,7 +158,8 @@ NOPROP_AVX512_FN void pool_row_avx512(const float* r0, const float* r1, float* o
     const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
     const __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
     const __m512 c = _mm512_permutex2var_ps(u0, even, u1), d = _mm512_permutex2var_ps(u0, odd, u1);
-    const __mmask16 top_right = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ), bottom_right = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
+    const __mmask16 top_right = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ),
+                    bottom_right = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
     const __m512 top = _mm512_mask_blend_ps(top_right, a, b), bottom = _mm512_mask_blend_ps(bottom_right, c, d);
     const __mmask16 lower = _mm512_cmp_ps_mask(bottom, top, _CMP_GT_OQ);
     const __m512 best = _mm512_mask_blend_ps(lower, top, bottom);
@@ -167,8 +167,8 @@ NOPROP_AVX512_FN void pool_row_avx512(const float* r0, const float* r1, float* o
                                                 _mm512_mask_mov_epi32(two, bottom_right, three));
     const __mmask16 is_nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q) |
                              _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
-    const __mmask16 live = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ) & keep_mask16(first + uint32_t(j), seed, threshold) &
-                           __mmask16(~is_nan);
+    const __mmask16 live = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ) &
+                           keep_mask16(first + uint32_t(j), seed, threshold) & __mmask16(~is_nan);
     const __m512 o = _mm512_mask_mov_ps(_mm512_maskz_mul_ps(live, best, _mm512_set1_ps(scale)), is_nan, nan);
     _mm512_mask_storeu_ps(out + j, m, o);
     _mm512_mask_cvtepi32_storeu_epi8(code + j, m, _mm512_mask_blend_epi32(live, none, idx));
@@ -211,7 +211,8 @@ std::atomic<bool> g_avx512{
 void pool_row_best(const float* r0, const float* r1, float* out, uint8_t* code, int64_t wo, uint32_t first,
                    uint64_t seed, uint32_t threshold, float scale) {
 #ifdef NOPROP_AVX512
-  if (g_avx512.load(std::memory_order_relaxed)) return pool_row_avx512(r0, r1, out, code, wo, first, seed, threshold, scale);
+  if (g_avx512.load(std::memory_order_relaxed))
+    return pool_row_avx512(r0, r1, out, code, wo, first, seed, threshold, scale);
 #endif
   pool_row(r0, r1, out, code, wo, first, seed, threshold, scale);
 }

@@ -140,8 +140,7 @@ std::vector<fs::path> render(const fs::path& work, const std::string& body, cons
 struct WorkDir {
   WorkDir() {
     static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("noprop-plot-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    path = fs::temp_directory_path() / ("noprop-plot-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
     fs::create_directories(path);
   }
   ~WorkDir() {

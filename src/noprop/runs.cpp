@@ -195,10 +195,10 @@ std::string compare_table(const std::vector<RunRecord>& runs, double target) {
         break;
       }
     const auto fin = final_accuracies(r);
-    const double peak = !r.summary.is_null() && r.summary.contains("peak_rss_mb") ? r.summary["peak_rss_mb"].get<double>()
-                                                                                  : NAN;
-    out << "| " << r.name << " | " << r.method_label() << " " << r.embedding_label() << " | "
-        << r.dataset_label() << " | " << acc.size() << " | "
+    const double peak =
+        !r.summary.is_null() && r.summary.contains("peak_rss_mb") ? r.summary["peak_rss_mb"].get<double>() : NAN;
+    out << "| " << r.name << " | " << r.method_label() << " " << r.embedding_label() << " | " << r.dataset_label()
+        << " | " << acc.size() << " | "
         << (acc.empty() ? "—" : fixed(acc[best], 2) + " (" + fixed(epoch[best], 0) + ")") << " | "
         << fixed(mean(fin), 2) << " | " << to_epochs << " | " << to_seconds << " | " << fixed(mean(train), 1) << " | "
         << fixed(peak, 0) << " |\n";
@@ -239,7 +239,8 @@ std::string report_table(const std::vector<RunRecord>& runs) {
     return out;
   };
   std::vector<std::string> methods_seen, datasets_seen;
-  for (const auto& [key, c] : cells) methods_seen.push_back(std::get<0>(key)), datasets_seen.push_back(std::get<2>(key));
+  for (const auto& [key, c] : cells)
+    methods_seen.push_back(std::get<0>(key)), datasets_seen.push_back(std::get<2>(key));
   const auto methods = order(kMethods, methods_seen), datasets = order(kDatasets, datasets_seen);
 
   std::ostringstream out;
@@ -258,8 +259,9 @@ std::string report_table(const std::vector<RunRecord>& runs) {
       std::vector<std::string> parts;
       for (const auto& e : embeddings) {
         auto it = cells.find({m, e, d});
-        parts.push_back(it == cells.end() ? "—"
-                                          : fixed(mean(it->second.values), 2) + " ± " + fixed(sample_std(it->second.values), 2));
+        parts.push_back(it == cells.end()
+                            ? "—"
+                            : fixed(mean(it->second.values), 2) + " ± " + fixed(sample_std(it->second.values), 2));
       }
       out << " " << join(parts, " / ") << " |";
     }
@@ -271,8 +273,8 @@ std::string report_table(const std::vector<RunRecord>& runs) {
     std::vector<std::string> seeds;
     for (auto s : c.seeds) seeds.push_back(std::to_string(s));
     out << "- " << std::get<0>(key) << " " << std::get<1>(key) << ", " << dataset_label(std::get<2>(key)) << ": "
-        << c.runs.size() << " run(s) (seed " << join(seeds) << "), " << c.values.size() << " values: "
-        << join(c.runs) << "; epochs " << join({c.epochs.begin(), c.epochs.end()}, " / ") << ", "
+        << c.runs.size() << " run(s) (seed " << join(seeds) << "), " << c.values.size() << " values: " << join(c.runs)
+        << "; epochs " << join({c.epochs.begin(), c.epochs.end()}, " / ") << ", "
         << join({c.architectures.begin(), c.architectures.end()}, " / ") << " architecture"
         << (c.epochs.size() > 1 || c.architectures.size() > 1 ? " (runs that differ are pooled)" : "") << "\n";
   }

@@ -15,11 +15,11 @@ namespace noprop {
 
 struct RunRecord {
   std::filesystem::path dir;
-  std::string name;              // the directory's name
-  Config cfg;                    // config.yaml
-  nlohmann::json summary;        // summary.json; null while the run has not finished
-  std::vector<std::string> columns;          // metrics.csv header
-  std::vector<std::vector<double>> rows;     // one per epoch; NaN for empty or "nan" cells
+  std::string name;                       // the directory's name
+  Config cfg;                             // config.yaml
+  nlohmann::json summary;                 // summary.json; null while the run has not finished
+  std::vector<std::string> columns;       // metrics.csv header
+  std::vector<std::vector<double>> rows;  // one per epoch; NaN for empty or "nan" cells
 
   // The named metrics column (Error naming the file when it is absent).
   std::vector<double> column(const std::string& name) const;

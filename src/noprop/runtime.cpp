@@ -29,8 +29,8 @@ bool openblas_loaded() {
 
 void init_process(int argc, char** argv) {
   (void)argc;
-  if (!std::getenv("OPENBLAS_CORETYPE") && !std::getenv("NOPROP_NO_REEXEC") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && openblas_loaded()) {
+  if (!std::getenv("OPENBLAS_CORETYPE") && !std::getenv("NOPROP_NO_REEXEC") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma") && openblas_loaded()) {
     setenv("OPENBLAS_CORETYPE", "Haswell", 1);
     setenv("NOPROP_NO_REEXEC", "1", 1);  // never loop, whatever happens
     execv("/proc/self/exe", argv);       // returns only on failure: carry on as we are

@@ -20,9 +20,9 @@ namespace noprop {
 
 struct ScheduleOptions {
   int T = 10;
-  double s = 0.008;           // cosine offset (ours: config key cosine_s)
-  double alpha_bar_min = 1e-3;  // config key noise_schedule_min
-  double alpha_bar_max = 0.999; // config key noise_schedule_max
+  double s = 0.008;              // cosine offset (ours: config key cosine_s)
+  double alpha_bar_min = 1e-3;   // config key noise_schedule_min
+  double alpha_bar_max = 0.999;  // config key noise_schedule_max
 };
 
 // The coefficients of Eq. 3 between two signal levels ᾱ_prev < ᾱ (any schedule).
@@ -36,10 +36,10 @@ class CosineSchedule {
   explicit CosineSchedule(const ScheduleOptions& opt);
 
   int T() const { return T_; }
-  double alpha_bar(int t) const { return alpha_bar_.at(t); }  // t = 0..T
-  double snr(int t) const;                                     // t = 0..T
+  double alpha_bar(int t) const { return alpha_bar_.at(t); }     // t = 0..T
+  double snr(int t) const;                                       // t = 0..T
   double snr_delta(int t) const { return snr(t) - snr(t - 1); }  // t = 1..T
-  double a(int t) const;  // t = 1..T
+  double a(int t) const;                                         // t = 1..T
   double b(int t) const;
   double c(int t) const;
 

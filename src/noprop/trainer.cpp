@@ -126,8 +126,10 @@ void check_free_space(const fs::path& dir, int64_t parameters) {
   while (!fs::exists(existing, ec) && existing.has_parent_path() && existing != existing.parent_path())
     existing = existing.parent_path();
   double available = double(fs::space(existing, ec).available);
-  if (const char* env = std::getenv("NOPROP_FREE_BYTES")) available = std::atof(env);
-  else if (ec) return;  // cannot tell: the atomic writes still fail cleanly
+  if (const char* env = std::getenv("NOPROP_FREE_BYTES"))
+    available = std::atof(env);
+  else if (ec)
+    return;  // cannot tell: the atomic writes still fail cleanly
   if (available < needed) {
     char buf[256];
     std::snprintf(buf, sizeof buf, ": only %.0f MB free, the run's checkpoints need about %.0f MB", available / 1e6,
@@ -251,8 +253,8 @@ nlohmann::json train(const RunOptions& opt) {
   const InferenceOptions inference = inference_options(cfg);
   std::vector<std::string> columns{"epoch"};
   columns.insert(columns.end(), loss_names.begin(), loss_names.end());
-  columns.insert(columns.end(),
-                 {"nonfinite_skipped", "test_accuracy", "train_accuracy", "seconds", "eval_seconds", "samples_per_second"});
+  columns.insert(columns.end(), {"nonfinite_skipped", "test_accuracy", "train_accuracy", "seconds", "eval_seconds",
+                                 "samples_per_second"});
   CsvLog metrics(dir / "metrics.csv", columns);
   std::vector<std::string> batch_columns{"epoch", "pass", "batch"};
   batch_columns.insert(batch_columns.end(), loss_names.begin(), loss_names.end());
@@ -270,11 +272,12 @@ nlohmann::json train(const RunOptions& opt) {
                 (dist ? ", " + std::to_string(dist->world()) + " workers (" +
                             (method->data_parallel() ? "data" : "block") + "-parallel)"
                       : "") +
-                (opt.resume ? ", resuming after epoch " + std::to_string(state.epoch) +
-                                 (state.in_epoch_batches >= 0 ? " and " + std::to_string(state.in_epoch_batches) +
-                                                                    " batches of epoch " + std::to_string(state.epoch + 1)
-                                                              : "")
-                             : ""));
+                (opt.resume
+                     ? ", resuming after epoch " + std::to_string(state.epoch) +
+                           (state.in_epoch_batches >= 0 ? " and " + std::to_string(state.in_epoch_batches) +
+                                                              " batches of epoch " + std::to_string(state.epoch + 1)
+                                                        : "")
+                     : ""));
 
   // Fault injection for tests: NOPROP_INJECT_NAN_AT_STEP=N makes the images of global step N
   // NaN (on_nonfinite); NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after step N (interruption).
@@ -290,8 +293,8 @@ nlohmann::json train(const RunOptions& opt) {
   if (state.in_epoch_batches >= 0) {
     const auto& p = state.permutation;
     const auto k = int64_t(loss_names.size());
-    if (!p.defined() || p.dim() != 1 || p.numel() != n || p.scalar_type() != torch::kInt64 ||
-        state.pass < 0 || state.pass >= passes || state.in_epoch_batches > batches_per_pass * passes ||
+    if (!p.defined() || p.dim() != 1 || p.numel() != n || p.scalar_type() != torch::kInt64 || state.pass < 0 ||
+        state.pass >= passes || state.in_epoch_batches > batches_per_pass * passes ||
         state.in_epoch_batches < state.pass * batches_per_pass || !state.loss_sums.defined() ||
         state.loss_sums.numel() != k || !state.loss_counts.defined() || state.loss_counts.numel() != k ||
         state.loss_counts.scalar_type() != torch::kInt64)
@@ -341,8 +344,9 @@ nlohmann::json train(const RunOptions& opt) {
             if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
           if (lead) save_checkpoint(dir / "final.pt", *method, state);
           if (lead && cfg.detailed_logging) batches.flush();
-          throw interrupted(sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" +
-                                     std::to_string(total), dir);
+          throw interrupted(
+              sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" + std::to_string(total),
+              dir);
         }
         auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
         ++done;
@@ -365,8 +369,9 @@ nlohmann::json train(const RunOptions& opt) {
           const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " +
                                     std::to_string(b + 1) + (passes > 1 ? " of pass " + std::to_string(pass + 1) : "");
           if (cfg.on_nonfinite == "stop")
-            throw Error("non-finite loss or gradient in " + where +
-                        "; stopped before it reached the weights (on_nonfinite: stop). The last epoch's final.pt is intact");
+            throw Error(
+                "non-finite loss or gradient in " + where +
+                "; stopped before it reached the weights (on_nonfinite: stop). The last epoch's final.pt is intact");
           if (skipped < 3) progress.line("warning: non-finite loss or gradient in " + where + ": update skipped");
           skipped += int64_t(bad.size());
         }
@@ -429,7 +434,8 @@ nlohmann::json train(const RunOptions& opt) {
 
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
-        << row[loss_names.size()] << (skipped ? "  skipped updates " + std::to_string(skipped) : "") << "  test accuracy " << last_eval_acc << "%"
+        << row[loss_names.size()] << (skipped ? "  skipped updates " + std::to_string(skipped) : "")
+        << "  test accuracy " << last_eval_acc << "%"
         << (cfg.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
         << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(samples) / train_s
         << " samples/s";
@@ -456,9 +462,8 @@ nlohmann::json train(const RunOptions& opt) {
 
   // Final evaluation: several stochastic inference runs of the final model.
   const auto tf0 = Clock::now();
-  EvalResult final_eval =
-      evaluate(*method, data.test, inference.noise ? cfg.inference_runs : 1, inference, cfg.inference_seed,
-               cfg.eval_batch_size, device);
+  EvalResult final_eval = evaluate(*method, data.test, inference.noise ? cfg.inference_runs : 1, inference,
+                                   cfg.inference_seed, cfg.eval_batch_size, device);
   const double final_eval_s = seconds_since(tf0);
   const double per_batch_eval = final_eval_s / double(final_eval.runs.size());
 
@@ -478,8 +483,11 @@ nlohmann::json train(const RunOptions& opt) {
       {"seconds_per_epoch", epochs_run ? train_seconds_total / double(epochs_run) : NAN},
       {"samples_per_second", epochs_run ? double(n) * passes * double(epochs_run) / train_seconds_total : NAN},
       {"inference_images_per_second", double(data.test.size()) / per_batch_eval},
-      {"inference", {{"noise", inference.noise}, {"steps", inference.steps}, {"solver", inference.solver},
-                     {"sampler", inference.sampler}}},
+      {"inference",
+       {{"noise", inference.noise},
+        {"steps", inference.steps},
+        {"solver", inference.solver},
+        {"sampler", inference.sampler}}},
       {"peak_rss_mb", peak_rss_mb()},
       {"parameters", method->parameter_count()},
       {"threads", threads},

@@ -55,5 +55,4 @@ void BackpropMethod::load(torch::serialize::InputArchive& ar) {
   load_optimizer(ar, "optim", *opt_);
 }
 
-
 }  // namespace noprop

@@ -38,8 +38,8 @@ torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const I
   const int N = opt.steps;
   if (N < 1) throw Error("inference steps must be >= 1");
   // The schedule on the grid, in double: consecutive ᾱ differ by little when N is large.
-  auto grid = torch::linspace(0.0, 1.0, N + 1, torch::TensorOptions().dtype(torch::kFloat64))
-                  .to(schedule_->gamma0.device());
+  auto grid =
+      torch::linspace(0.0, 1.0, N + 1, torch::TensorOptions().dtype(torch::kFloat64)).to(schedule_->gamma0.device());
   auto on_host = [N](const torch::Tensor& v) {
     auto c = v.to(torch::kCPU, torch::kFloat64).contiguous();
     return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + N + 1);

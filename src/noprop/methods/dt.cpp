@@ -118,8 +118,7 @@ std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Ten
 }
 
 int DTMethod::concurrency() const {
-  if (sequential_ || data_parallel() || !on_cpu_ || cfg_.kernels != "fused")
-    return 1;
+  if (sequential_ || data_parallel() || !on_cpu_ || cfg_.kernels != "fused") return 1;
   // Per-block shared updates take each head step after the previous one; the blocks can still
   // run concurrently, unless their losses read learned embeddings that those steps change.
   if (cfg_.shared_update == "per_block" && net_->embed->learned) return 1;
@@ -157,7 +156,7 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   int steps = 0;  // blocks actually updated (a non-finite step is skipped)
   auto shared_step = [&](int t, BlockStep& r) {
     if (!r.stepped) return;
-    out[t - 1] = r.loss;  // the block stepped, whatever becomes of the head's step
+    out[t - 1] = r.loss;    // the block stepped, whatever becomes of the head's step
     if (!r.ce.defined()) {  // concurrent blocks: the shared terms now, at the current head
       std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
       if (!shared_params_.empty())
@@ -260,11 +259,13 @@ void DTMethod::set_distributed(Distributed* dist) {
   dist_ = dist;
   if (!dist || data_parallel()) return;
   if (sequential_)
-    throw Error("config key 'block_order': block-parallel training needs interleaved (with sequential, one block "
-                "trains per pass); set parallel: data or block_order: interleaved");
+    throw Error(
+        "config key 'block_order': block-parallel training needs interleaved (with sequential, one block "
+        "trains per pass); set parallel: data or block_order: interleaved");
   if (cfg_.shared_update != "per_batch")
-    throw Error("config key 'shared_update': block-parallel training needs per_batch (every rank's blocks see the "
-                "same head and embeddings)");
+    throw Error(
+        "config key 'shared_update': block-parallel training needs per_batch (every rank's blocks see the "
+        "same head and embeddings)");
 }
 
 void DTMethod::synchronise() {
@@ -326,15 +327,16 @@ torch::Tensor DTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
 
 void DTMethod::save(torch::serialize::OutputArchive& ar) {
   save_module(ar, "model", *net_);
-  for (std::size_t i = 0; i < block_opts_.size(); ++i) save_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
+  for (std::size_t i = 0; i < block_opts_.size(); ++i)
+    save_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
   save_optimizer(ar, "optim_shared", *shared_opt_);
 }
 
 void DTMethod::load(torch::serialize::InputArchive& ar) {
   load_module(ar, "model", *net_);
-  for (std::size_t i = 0; i < block_opts_.size(); ++i) load_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
+  for (std::size_t i = 0; i < block_opts_.size(); ++i)
+    load_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
   load_optimizer(ar, "optim_shared", *shared_opt_);
 }
-
 
 }  // namespace noprop

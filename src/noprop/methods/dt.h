@@ -34,8 +34,8 @@ class DTMethod : public Method {
 
   // Block-parallel (parallel: block): rank r trains blocks t with (t − 1) mod P = r; the ranks
   // then exchange each block's gradient of the head and embeddings, and every rank applies the
-  // T steps in block order (shared_update: per_batch). Noise and dropout of block t are drawn from a seed every rank derives alike,
-  // so a P-rank run takes the same steps as one process with shared_update: per_batch.
+  // T steps in block order (shared_update: per_batch). Noise and dropout of block t are drawn from a seed every rank
+  // derives alike, so a P-rank run takes the same steps as one process with shared_update: per_batch.
   void set_distributed(Distributed* dist) override;
   bool data_parallel() const override { return dist_ && cfg_.parallel == "data"; }
   void synchronise() override;

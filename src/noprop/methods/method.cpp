@@ -19,8 +19,8 @@ BlockOptions block_options(const Config& cfg, const DataInfo& info) {
   const bool proto = cfg.embedding == "prototype";
   const int m = info.num_classes;
   const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
-  return BlockOptions{cfg.architecture, info.channels, info.height, info.width, d, m, cfg.dropout, proto,
-                      cfg.kernels == "fused"};
+  return BlockOptions{cfg.architecture, info.channels, info.height,           info.width, d, m,
+                      cfg.dropout,      proto,         cfg.kernels == "fused"};
 }
 
 NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes) {
@@ -144,8 +144,8 @@ class FusedAdamW : public torch::optim::AdamW {
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& cfg, std::vector<torch::Tensor> params) {
   if (cfg.optimizer == "adamw" && cfg.kernels == "fused")
-    return std::make_unique<FusedAdamW>(
-        params, torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
+    return std::make_unique<FusedAdamW>(params,
+                                        torch::optim::AdamWOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));
   if (cfg.optimizer == "adam")
     return std::make_unique<torch::optim::Adam>(
         params, torch::optim::AdamOptions(cfg.learning_rate).weight_decay(cfg.weight_decay));

@@ -45,11 +45,11 @@ TORCH_MODULE(NoPropNet);
 
 // How predict() runs inference; steps, solver and sampler concern the continuous-time methods.
 struct InferenceOptions {
-  bool noise = true;                   // false: z_0 = 0 and no noise on the way
-  int steps = 1000;                    // discretisation of t ∈ [0, 1]
-  std::string solver = "euler";        // euler | heun: the FM ODE and CT's probability flow
-  std::string sampler = "ancestral";   // CT: ancestral (Eq. 3 on the learned schedule) | flow
-  std::string readout = "blocks";      // DT: blocks (mean of the blocks' probabilities) | head (on z_T)
+  bool noise = true;                  // false: z_0 = 0 and no noise on the way
+  int steps = 1000;                   // discretisation of t ∈ [0, 1]
+  std::string solver = "euler";       // euler | heun: the FM ODE and CT's probability flow
+  std::string sampler = "ancestral";  // CT: ancestral (Eq. 3 on the learned schedule) | flow
+  std::string readout = "blocks";     // DT: blocks (mean of the blocks' probabilities) | head (on z_T)
 };
 // The options a config asks for (inference_noise, inference_steps, solver, ct_sampler, readout).
 InferenceOptions inference_options(const Config& cfg);
@@ -107,8 +107,8 @@ class Method {
   // After backward(): clips each group's gradients (to max_norm) and checks the loss
   // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
   // gradients, records `part` and returns false: the caller must not step.
-  bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
-                      const torch::Tensor& loss, const std::string& part);
+  bool clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm, const torch::Tensor& loss,
+                      const std::string& part);
   // The same on gradients held apart from their parameters (undefined entries: no gradient),
   // clipped in place, without the data-parallel averaging; safe to call from several threads.
   bool clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, double max_norm,
