@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -16,21 +17,23 @@
 namespace noprop {
 
 namespace {
-// Whether a library of OpenBLAS is mapped: Debian's LibTorch runs on the system OpenBLAS, the
-// pip package's on its own MKL, where OPENBLAS_CORETYPE means nothing.
-bool openblas_loaded() {
+// The path of the first mapped file whose line in /proc/self/maps contains `part`, or "".
+std::string mapped_file_containing(const std::string& part) {
   std::ifstream maps("/proc/self/maps");
   std::string line;
   while (std::getline(maps, line))
-    if (line.find("openblas") != std::string::npos) return true;
-  return false;
+    if (line.find(part) != std::string::npos) return line.substr(std::min(line.find('/'), line.size()));
+  return "";
 }
 }  // namespace
 
 void init_process(int argc, char** argv) {
   (void)argc;
   if (!std::getenv("OPENBLAS_CORETYPE") && !std::getenv("NOPROP_NO_REEXEC") && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma") && openblas_loaded()) {
+      __builtin_cpu_supports("fma") &&
+      // Debian's LibTorch runs on the system OpenBLAS; the pip package's on its own MKL, where
+      // OPENBLAS_CORETYPE means nothing.
+      !mapped_file_containing("openblas").empty()) {
     setenv("OPENBLAS_CORETYPE", "Haswell", 1);
     setenv("NOPROP_NO_REEXEC", "1", 1);  // never loop, whatever happens
     execv("/proc/self/exe", argv);       // returns only on failure: carry on as we are
@@ -49,16 +52,11 @@ namespace {
 // pthread build, its thread pool fights LibTorch's OpenMP threads (measured: a 2-thread step
 // 0.80 s instead of 0.36 s, and OPENBLAS_NUM_THREADS=1 does not help). Said once, on stderr.
 void warn_about_pthread_openblas() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    const auto at = line.find("openblas-pthread/");
-    if (at == std::string::npos) continue;
-    std::cerr << "noprop: warning: OpenBLAS's pthread build is loaded (" << line.substr(line.find('/'))
-              << ") beside LibTorch's OpenMP threads, which makes multi-threaded steps 2x slower; "
-                 "run scripts/setup.sh (it points libopenblas.so.0 at the openblas-openmp build)\n";
-    return;
-  }
+  const std::string path = mapped_file_containing("openblas-pthread/");
+  if (path.empty()) return;
+  std::cerr << "noprop: warning: OpenBLAS's pthread build is loaded (" << path
+            << ") beside LibTorch's OpenMP threads, which makes multi-threaded steps 2x slower; "
+               "run scripts/setup.sh (it points libopenblas.so.0 at the openblas-openmp build)\n";
 }
 }  // namespace
 
