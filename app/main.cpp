@@ -31,6 +31,7 @@ struct TrainArgs {
   int epochs = 0, batch_size = 0, threads = -1, workers = 1;
   long long seed = -1;
   double lr = 0;
+  bool memory_report = false;
 };
 
 // The common flags are shorthands for --set; applied after the file and before --set.
@@ -83,6 +84,7 @@ int run_train(const TrainArgs& a, int argc, char** argv) {
     opt.out_dir = a.out.empty() ? default_run_dir(opt.config_name) : fs::path(a.out);
   }
   apply_flags(opt.cfg, a);
+  opt.memory_report = a.memory_report;
   train(opt);
   return 0;
 }
@@ -231,9 +233,7 @@ int run_data_image(const ImageArgs& a) {
     throw Error("--index " + std::to_string(a.index) + " is out of range: the " + a.split + " split has " +
                 std::to_string(split.size()) + " images");
   const auto& info = data.info;
-  auto mean = torch::tensor(info.mean, torch::kFloat32).view({-1, 1, 1});
-  auto stddev = torch::tensor(info.stddev, torch::kFloat32).view({-1, 1, 1});
-  auto raw = ((split.images[a.index] * stddev + mean) * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  auto raw = split.images[a.index].contiguous();  // the bytes of the file
   write_png(a.out, raw.data_ptr<uint8_t>(), info.channels, info.height, info.width);
   const int64_t label = split.labels[a.index].item<int64_t>();
   nlohmann::json out = {{"file", a.out},    {"dataset", a.dataset},
@@ -273,6 +273,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   train_cmd->add_option("--resume", ta.resume, "continue the run in DIR from its final.pt")
       ->check(CLI::ExistingDirectory);
+  train_cmd->add_flag("--memory-report", ta.memory_report,
+                      "print where the run's memory went: each phase's peak and the known sizes (always in "
+                      "summary.json's \"memory\")");
 
   EvalArgs ea;
   auto* eval_cmd = app.add_subcommand("eval", "Evaluate a checkpoint on the test set; prints JSON");

@@ -33,17 +33,6 @@ namespace {
 using noprop::Config;
 using Clock = std::chrono::steady_clock;
 
-// A field of /proc/self/status in MiB ("VmRSS", "VmHWM"), or -1.
-double proc_status_mb(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
-  return -1;
-}
-// Restarts the kernel's peak-RSS count (VmHWM) from the current resident set.
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -140,12 +129,12 @@ nlohmann::json run(const Args& a) {
   auto batch_at = [&](int k) {
     const int64_t begin = (int64_t(k) * B) % std::max<int64_t>(1, n_train - B + 1);
     auto idx = order.slice(0, begin, begin + B);
-    return std::make_pair(data.train.images.index_select(0, idx).to(device).contiguous(memory_format),
+    return std::make_pair(data.train.select(idx).to(device).contiguous(memory_format),
                           data.train.labels.index_select(0, idx).to(device));
   };
 
-  const double rss_before = proc_status_mb("VmRSS");
-  reset_peak_rss();
+  const double rss_before = noprop::rss_mb();
+  noprop::restart_peak_rss();
   if (device.is_cuda()) noprop::compat::reset_cuda_peak(device.index() < 0 ? 0 : device.index());
   std::vector<double> times;
 #ifdef NOPROP_HAS_PROFILER
@@ -172,7 +161,7 @@ nlohmann::json run(const Args& a) {
 #ifdef NOPROP_HAS_PROFILER
   profiler.reset();
 #endif
-  const double peak_rss = proc_status_mb("VmHWM");
+  const double peak_rss = noprop::peak_rss_since_restart_mb();
   double gpu_peak_mb = -1;
   if (device.is_cuda())
     gpu_peak_mb = double(noprop::compat::cuda_peak_bytes(device.index() < 0 ? 0 : device.index())) / (1 << 20);
@@ -193,7 +182,7 @@ nlohmann::json run(const Args& a) {
       if (k == 1 && !a.profile_inference.empty())
         profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(a.profile_inference);
 #endif
-      auto x = data.test.images.slice(0, 0, ib).to(device).contiguous(memory_format);
+      auto x = data.test.rows(0, ib).to(device).contiguous(memory_format);
       synchronise(device);
       const auto t0 = Clock::now();
       {

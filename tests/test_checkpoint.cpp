@@ -144,8 +144,21 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
     auto msg = error_of(f);
     EXPECT_NE(msg.find(what), std::string::npos) << msg;
   };
-  // Truncated.
   std::string bytes = read_text_file(dir / "r" / "final.pt");
+  // Streamed to the file, its checksum computed on the way: the trailer gives the archive's
+  // length and CRC-32 as computed here from the bytes on disk.
+  {
+    ASSERT_GT(bytes.size(), 20u);
+    const std::size_t body = bytes.size() - 20;
+    EXPECT_EQ(bytes.substr(body, 8), "NPCKSUM1");
+    uint64_t n = 0;
+    uint32_t crc = 0;
+    for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(bytes[body + 8 + i])) << (8 * i);
+    for (int i = 0; i < 4; ++i) crc |= uint32_t(uint8_t(bytes[body + 16 + i])) << (8 * i);
+    EXPECT_EQ(n, body);
+    EXPECT_EQ(crc, uint32_t(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), uInt(body))));
+  }
+  // Truncated.
   write_file_atomic(dir / "cut.pt", bytes.substr(0, bytes.size() / 2));
   expect_error([&] { read_checkpoint_state(dir / "cut.pt"); }, "cut.pt: not a readable checkpoint");
   // One flipped byte in the middle: the checksum catches it before anything is loaded.
@@ -197,7 +210,13 @@ TEST_F(CheckpointTest, RefusesBadCheckpoints) {
   emb.embedding_dim = 9;
   auto m9 = make_method(emb, data.info, &data.train, torch::kCPU);
   expect_error([&] { load_checkpoint(dir / "e" / "final.pt", *m9, false); }, "has shape");
-  // Nothing half-written is left behind.
+  // Nothing half-written is left behind, neither by training nor by a write abandoned half-way
+  // (an exception between the first byte and commit()).
+  {
+    AtomicFile half(dir / "r" / "half.pt");
+    half.write("abc", 3);
+  }
+  EXPECT_FALSE(fs::exists(dir / "r" / "half.pt"));
   for (const auto& e : fs::directory_iterator(dir / "r"))
     EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
 }

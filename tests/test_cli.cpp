@@ -92,6 +92,27 @@ TEST_F(CliTest, TrainThenEvalAgree) {
     EXPECT_TRUE(summary.contains(key)) << key;
   EXPECT_EQ(summary["epochs"], 1);
   EXPECT_EQ(summary["threads"], 1);
+  // The memory account: every phase in the order it ran, the whole-run peak above each phase's
+  // peak, and the known sizes as computed here (MiB, one decimal): the data sets as stored bytes
+  // (356 images of 784 pixels, 356 int64 labels), float32 parameters, AdamW's two moments.
+  const auto& mem = summary["memory"];
+  std::vector<std::string> phases;
+  for (const auto& p : mem["phases"]) {
+    phases.push_back(p["phase"].get<std::string>());
+    EXPECT_LE(p["peak_mb"].get<double>(), mem["peak_rss_mb"].get<double>() + 0.1) << phases.back();
+    EXPECT_GT(p["peak_mb"].get<double>(), 0) << phases.back();
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"start-up", "data", "model", "first step", "training", "evaluation",
+                                              "checkpoint", "final evaluation"}));
+  EXPECT_NEAR(summary["peak_rss_mb"].get<double>(), mem["peak_rss_mb"].get<double>(), 0.051);
+  const auto mib = [](double bytes) { return std::round(bytes / (1024.0 * 1024.0) * 10) / 10; };
+  const double params = summary["parameters"].get<double>();
+  EXPECT_DOUBLE_EQ(mem["sizes_mb"]["data sets"].get<double>(), mib(356.0 * 784 + 356.0 * 8));
+  EXPECT_DOUBLE_EQ(mem["sizes_mb"]["parameters"].get<double>(), mib(4 * params));
+  EXPECT_DOUBLE_EQ(mem["sizes_mb"]["optimizer state"].get<double>(), mib(8 * params));
+  // NoProp-DT drops each block's gradients once the block has stepped: only the head's live on
+  // (110 floats here), where back-propagation holds every parameter's.
+  EXPECT_DOUBLE_EQ(mem["sizes_mb"]["gradients"].get<double>(), 0.0);
   r = run("eval --checkpoint " + (dir / "run" / "final.pt").string() + " --threads 1 --data-dir " +
           (dir / "data").string());
   ASSERT_EQ(r.code, 0) << r.out;
@@ -367,7 +388,7 @@ TEST_F(CliTest, ToolsOnRealRuns) {
   auto test = noprop::load_dataset("mnist", dir / "data").test;
   noprop::InferenceOptions io = noprop::inference_options(model.cfg);
   io.noise = false;
-  auto expected = noprop::predict_probabilities(model, test.images.slice(0, 3, 4), io, 1, 0)[0];
+  auto expected = noprop::predict_probabilities(model, test.rows(3, 4), io, 1, 0)[0];
   const auto probs = pred["probabilities"].get<std::vector<double>>();
   ASSERT_EQ(probs.size(), 10u);
   for (int c = 0; c < 10; ++c) EXPECT_NEAR(probs[c], expected[c].item<double>(), 1e-5) << c;

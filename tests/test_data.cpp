@@ -83,9 +83,17 @@ TEST_F(DataTest, LoadsMnistLayoutNormalised) {
   EXPECT_EQ(d.train.images.sizes(), (std::vector<int64_t>{50, 1, 28, 28}));
   EXPECT_EQ(d.train.labels.dtype(), torch::kInt64);
   // A 255 pixel maps to (1 − 0.1307)/0.3081.
-  EXPECT_NEAR(d.train.images.max().item<float>(), (1 - 0.1307) / 0.3081, 1e-5);
+  EXPECT_NEAR(d.train.normalised().max().item<float>(), (1 - 0.1307) / 0.3081, 1e-5);
   auto raw = read_idx_images(dir / "train-images-idx3-ubyte");
-  EXPECT_NEAR(d.train.images.view(-1)[100].item<float>(), (raw.pixels[100] / 255.0 - 0.1307) / 0.3081, 1e-5);
+  EXPECT_NEAR(d.train.normalised().view(-1)[100].item<float>(), (raw.pixels[100] / 255.0 - 0.1307) / 0.3081, 1e-5);
+  // Held as the file's bytes; a batch taken by rows or by index is the same float32 values, bit
+  // for bit, as normalising the whole set at once (what the data sets held before).
+  EXPECT_EQ(d.train.images.scalar_type(), torch::kUInt8);
+  EXPECT_TRUE(torch::equal(d.train.images.view(-1), torch::from_blob(raw.pixels.data(), {50 * 784}, torch::kUInt8)));
+  const auto all = normalise_images(raw.pixels.data(), 50, d.info);
+  EXPECT_TRUE(torch::equal(d.train.rows(7, 19), all.slice(0, 7, 19)));
+  const auto idx = torch::tensor(std::vector<int64_t>{42, 3, 3, 17}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(d.train.select(idx), all.index_select(0, idx)));
   // Also found one folder down, under a conventional name.
   fs::create_directories(dir / "mnist");
   for (auto f :
@@ -133,7 +141,10 @@ TEST_F(DataTest, ReadsCifar10And100) {
   EXPECT_EQ(d.train.images.sizes(), (std::vector<int64_t>{20, 3, 32, 32}));
   EXPECT_EQ(d.train.labels[0].item<int64_t>(), 1);
   // Pixel k of record 0 in channel c is byte c·1024 + k: check one in the green plane.
-  EXPECT_NEAR(d.test.images[0][1][0][5].item<float>(), ((1024 + 5) % 256 / 255.0 - 0.4822) / 0.2435, 1e-5);
+  EXPECT_NEAR(d.test.normalised()[0][1][0][5].item<float>(), ((1024 + 5) % 256 / 255.0 - 0.4822) / 0.2435, 1e-5);
+  // Each channel with its own statistics, from the bytes as stored.
+  EXPECT_EQ(d.test.images[2][2][1][3].item<int>(), (2048 + 32 + 3 + 2) % 256);
+  EXPECT_NEAR(d.test.rows(2, 3)[0][2][1][3].item<float>(), ((2048 + 32 + 3 + 2) % 256 / 255.0 - 0.4465) / 0.2616, 1e-5);
 
   fs::path c100 = dir / "cifar-100-binary";
   fs::create_directories(c100);

@@ -21,15 +21,16 @@ std::string first_line(const std::exception& e) {
   return what.substr(0, what.find('\n'));
 }
 
-uint32_t crc32_of(const std::string& bytes, std::size_t n) {
-  uLong crc = crc32(0L, Z_NULL, 0);
+// CRC-32 continued over n more bytes (zlib takes at most 4 GB a call); start from crc32_start().
+uLong crc32_update(uLong crc, const void* data, std::size_t n) {
   for (std::size_t i = 0; i < n;) {
     const uInt chunk = uInt(std::min<std::size_t>(n - i, 1u << 30));
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + i), chunk);
+    crc = crc32(crc, static_cast<const Bytef*>(data) + i, chunk);
     i += chunk;
   }
-  return uint32_t(crc);
+  return crc;
 }
+uLong crc32_start() { return crc32(0L, Z_NULL, 0); }
 
 void append_le(std::string& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
@@ -58,7 +59,7 @@ torch::serialize::InputArchive open_archive(const std::filesystem::path& path) {
   const std::size_t body = bytes.size() - kTrailerSize;
   if (read_le(t + 8, 8) != body)
     throw Error(path.string() + ": checkpoint length does not match its trailer (truncated or corrupt)");
-  if (uint32_t(read_le(t + 16, 4)) != crc32_of(bytes, body))
+  if (uint32_t(read_le(t + 16, 4)) != uint32_t(crc32_update(crc32_start(), bytes.data(), body)))
     throw Error(path.string() + ": checkpoint checksum mismatch (the file is corrupt)");
   try {
     ar.load_from(bytes.data(), body);
@@ -161,15 +162,22 @@ void save_checkpoint(const std::filesystem::path& path, Method& method, const Tr
   torch::serialize::OutputArchive m;
   method.save(m);
   ar.write("method", m);
-  std::ostringstream out;
-  ar.save_to(out);
-  std::string bytes = out.str();
-  const uint64_t body = bytes.size();
-  const uint32_t crc = crc32_of(bytes, body);
-  bytes.append(kTrailerMagic, sizeof kTrailerMagic);
-  append_le(bytes, body, 8);
-  append_le(bytes, crc, 4);
-  write_file_atomic(path, bytes);
+  // Straight to the file, the checksum computed on the way: no copy of the model in memory
+  // (an in-memory archive and its copies were up to three times the weights and optimizer state).
+  AtomicFile file(path);
+  uint64_t body = 0;
+  uLong crc = crc32_start();
+  ar.save_to([&](const void* data, std::size_t n) -> std::size_t {
+    file.write(data, n);
+    crc = crc32_update(crc, data, n);
+    body += n;
+    return n;
+  });
+  std::string trailer(kTrailerMagic, sizeof kTrailerMagic);
+  append_le(trailer, body, 8);
+  append_le(trailer, uint32_t(crc), 4);
+  file.write(trailer.data(), trailer.size());
+  file.commit();
 }
 
 TrainingState read_checkpoint_state(const std::filesystem::path& path) {

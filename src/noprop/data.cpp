@@ -115,9 +115,35 @@ bool has_all(const fs::path& dir, const std::string& name) {
   return true;
 }
 
-Dataset make_split(torch::Tensor images, std::vector<uint8_t> labels) {
+// A uint8 tensor that owns `bytes` (no copy).
+torch::Tensor bytes_tensor(std::vector<uint8_t>&& bytes, at::IntArrayRef sizes) {
+  auto* owner = new std::vector<uint8_t>(std::move(bytes));
+  return torch::from_blob(
+      owner->data(), sizes, [owner](void*) { delete owner; }, torch::kUInt8);
+}
+
+Dataset make_split(std::vector<uint8_t>&& pixels, int64_t count, std::vector<uint8_t> labels, const DataInfo& info) {
   auto lab = torch::from_blob(labels.data(), {int64_t(labels.size())}, torch::kUInt8).to(torch::kInt64);
-  return Dataset{std::move(images), lab};
+  return make_dataset(bytes_tensor(std::move(pixels), {count, info.channels, info.height, info.width}), lab, info);
+}
+
+// Per channel, the float32 scale and shift of x/255·(1/std) − mean/std: one definition for the
+// data sets and for normalise_images, so that both give the same bits.
+void channel_affine(const DataInfo& info, std::vector<float>& scale, std::vector<float>& shift) {
+  scale.resize(info.channels), shift.resize(info.channels);
+  for (int c = 0; c < info.channels; ++c)
+    scale[c] = float(1.0 / (255.0 * info.stddev[c])), shift[c] = float(info.mean[c] / info.stddev[c]);
+}
+
+void normalise_into(const uint8_t* pixels, int64_t n, int64_t channels, int64_t plane, const float* scale,
+                    const float* shift, float* dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      const uint8_t* s = pixels + (i * channels + c) * plane;
+      float* d = dst + (i * channels + c) * plane;
+      const float a = scale[c], b = shift[c];
+      for (int64_t k = 0; k < plane; ++k) d[k] = float(s[k]) * a - b;
+    }
 }
 
 }  // namespace
@@ -239,19 +265,39 @@ fs::path resolve_data_dir(const std::string& name, const std::string& explicit_d
 }
 
 torch::Tensor normalise_images(const uint8_t* pixels, int64_t n, const DataInfo& info) {
-  const int64_t plane = int64_t(info.height) * info.width;
+  std::vector<float> scale, shift;
+  channel_affine(info, scale, shift);
   auto out = torch::empty({n, info.channels, info.height, info.width}, torch::kFloat32);
-  float* dst = out.data_ptr<float>();
-  for (int c = 0; c < info.channels; ++c) {
-    const float scale = float(1.0 / (255.0 * info.stddev[c])), shift = float(info.mean[c] / info.stddev[c]);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* s = pixels + (i * info.channels + c) * plane;
-      float* d = dst + (i * info.channels + c) * plane;
-      for (int64_t k = 0; k < plane; ++k) d[k] = float(s[k]) * scale - shift;
-    }
-  }
+  normalise_into(pixels, n, info.channels, int64_t(info.height) * info.width, scale.data(), shift.data(),
+                 out.data_ptr<float>());
   return out;
 }
+
+Dataset make_dataset(torch::Tensor pixels, torch::Tensor labels, const DataInfo& info) {
+  Dataset d{std::move(pixels), std::move(labels), {}, {}};
+  channel_affine(info, d.scale, d.shift);
+  return d;
+}
+
+torch::Tensor Dataset::normalise(const torch::Tensor& part) const {
+  if (part.scalar_type() != torch::kUInt8) return part;
+  TORCH_CHECK(part.dim() == 4 && int64_t(scale.size()) == part.size(1), "dataset: no normalisation for its images");
+  if (!part.device().is_cpu()) {
+    const auto opt = torch::TensorOptions().dtype(torch::kFloat32).device(part.device());
+    const auto c = part.size(1);
+    return part.to(torch::kFloat32) * torch::tensor(scale).to(opt).view({1, c, 1, 1}) -
+           torch::tensor(shift).to(opt).view({1, c, 1, 1});
+  }
+  auto src = part.contiguous();
+  auto out = torch::empty(src.sizes(), torch::kFloat32);
+  normalise_into(src.data_ptr<uint8_t>(), src.size(0), src.size(1), src.size(2) * src.size(3), scale.data(),
+                 shift.data(), out.data_ptr<float>());
+  return out;
+}
+
+torch::Tensor Dataset::rows(int64_t begin, int64_t end) const { return normalise(images.slice(0, begin, end)); }
+
+torch::Tensor Dataset::select(const torch::Tensor& index) const { return normalise(images.index_select(0, index)); }
 
 DataSplits load_dataset(const std::string& name, const fs::path& dir) {
   DataSplits splits;
@@ -267,8 +313,8 @@ DataSplits load_dataset(const std::string& name, const fs::path& dir) {
     }
     auto tr = read_cifar(train_files, c100, coarse);
     auto te = read_cifar(test_files, c100, coarse);
-    splits.train = make_split(normalise_images(tr.pixels.data(), tr.count, info), std::move(tr.labels));
-    splits.test = make_split(normalise_images(te.pixels.data(), te.count, info), std::move(te.labels));
+    splits.train = make_split(std::move(tr.pixels), tr.count, std::move(tr.labels), info);
+    splits.test = make_split(std::move(te.pixels), te.count, std::move(te.labels), info);
     return splits;
   }
   auto load_idx = [&](const std::string& prefix) {
@@ -281,7 +327,7 @@ DataSplits load_dataset(const std::string& name, const fs::path& dir) {
     if (int64_t(labels.size()) != imgs.count)
       fail(lp, "has " + std::to_string(labels.size()) + " labels but " + ip.filename().string() + " has " +
                    std::to_string(imgs.count) + " images");
-    return make_split(normalise_images(imgs.pixels.data(), imgs.count, info), std::move(labels));
+    return make_split(std::move(imgs.pixels), imgs.count, std::move(labels), info);
   };
   splits.train = load_idx("train");
   splits.test = load_idx("t10k");

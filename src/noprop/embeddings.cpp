@@ -39,13 +39,13 @@ torch::Tensor ClassEmbeddingImpl::kl(const torch::Tensor& y, const torch::Tensor
 torch::Tensor select_prototypes(const torch::Tensor& images, const torch::Tensor& labels, int num_classes,
                                 int64_t max_per_class) {
   torch::NoGradGuard no_grad;
-  auto flat = images.reshape({images.size(0), -1}).to(torch::kFloat64);
+  auto flat = images.reshape({images.size(0), -1});
   std::vector<int64_t> chosen;
   for (int c = 0; c < num_classes; ++c) {
     auto idx = (labels == c).nonzero().view(-1);
     TORCH_CHECK(idx.numel() > 0, "class ", c, " has no training image for its prototype");
     if (idx.numel() > max_per_class) idx = idx.slice(0, 0, max_per_class);
-    auto x = flat.index_select(0, idx);
+    auto x = flat.index_select(0, idx).to(torch::kFloat64);  // per class: never the whole set in float64
     auto dist = torch::cdist(x, x);
     // Median over the *other* images: drop the zero self-distance by sorting it to the front.
     auto sorted = std::get<0>(dist.sort(1));

@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iomanip>
 #include <mutex>
+#include <sstream>
 #include <string>
-
 #include <thread>
 
 #include "noprop/util.h"
@@ -59,6 +61,103 @@ void warn_about_pthread_openblas() {
                "run scripts/setup.sh (it points libopenblas.so.0 at the openblas-openmp build)\n";
 }
 }  // namespace
+
+namespace {
+// A field of /proc/self/status ("VmRSS", "VmHWM") in MiB, or -1.
+double proc_status_mb(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
+  return -1;
+}
+}  // namespace
+
+double rss_mb() { return proc_status_mb("VmRSS"); }
+double peak_rss_since_restart_mb() { return proc_status_mb("VmHWM"); }
+
+bool restart_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return bool(out);
+}
+
+double malloc_in_use_mb() {
+  const auto m = mallinfo2();
+  return double(m.uordblks + m.hblkhd) / (1024.0 * 1024.0);
+}
+
+void release_free_memory() { malloc_trim(0); }
+
+MemoryAccount::MemoryAccount() : before_mb_(peak_rss_since_restart_mb()) {
+  separable_ = restart_peak_rss();
+  current_ = "start-up";
+  current_start_mb_ = rss_mb();
+}
+
+void MemoryAccount::close() {
+  if (current_.empty()) return;
+  Phase& p = phases_[current_];
+  if (p.times++ == 0) order_.push_back(current_);
+  const double peak = peak_rss_since_restart_mb();
+  if (p.times == 1 || peak > p.peak_mb) {
+    p.peak_mb = peak, p.start_mb = current_start_mb_, p.end_mb = rss_mb();
+    p.in_use_mb = malloc_in_use_mb();
+  }
+}
+
+void MemoryAccount::phase(const std::string& name) {
+  close();
+  if (separable_) separable_ = restart_peak_rss();
+  current_ = name;
+  current_start_mb_ = rss_mb();
+}
+
+void MemoryAccount::item(const std::string& name, double bytes) {
+  items_.emplace_back(name, bytes / (1024.0 * 1024.0));
+}
+
+double MemoryAccount::peak_mb() {
+  double peak = std::max(before_mb_, peak_rss_since_restart_mb());
+  for (const auto& [name, p] : phases_) peak = std::max(peak, p.peak_mb);
+  return peak;
+}
+
+nlohmann::json MemoryAccount::json() {
+  nlohmann::json phases = nlohmann::json::array(), items = nlohmann::json::object();
+  const double peak = peak_mb();
+  auto round1 = [](double v) { return std::round(v * 10) / 10; };
+  close();  // the phase now running ends here
+  current_.clear();
+  for (const auto& name : order_) {
+    const Phase& p = phases_[name];
+    phases.push_back({{"phase", name},
+                      {"peak_mb", round1(p.peak_mb)},
+                      {"rss_at_start_mb", round1(p.start_mb)},
+                      {"rss_at_end_mb", round1(p.end_mb)},
+                      {"allocated_at_end_mb", round1(p.in_use_mb)}});
+  }
+  for (const auto& [name, mb] : items_) items[name] = round1(mb);
+  return {{"peak_rss_mb", round1(peak)}, {"phases_separable", separable_}, {"phases", phases}, {"sizes_mb", items}};
+}
+
+std::string MemoryAccount::table() {
+  const auto j = json();
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(0);
+  out << "memory (MiB): whole-run peak " << j["peak_rss_mb"].get<double>()
+      << (separable_ ? "" : " (this kernel cannot restart its peak count: phase peaks are cumulative)") << "\n";
+  out << "  phase                 peak  at start  at end  allocated at end\n";
+  for (const auto& p : j["phases"])
+    out << "  " << std::left << std::setw(20) << p["phase"].get<std::string>() << std::right << std::setw(6)
+        << p["peak_mb"].get<double>() << std::setw(10) << p["rss_at_start_mb"].get<double>() << std::setw(8)
+        << p["rss_at_end_mb"].get<double>() << std::setw(18) << p["allocated_at_end_mb"].get<double>() << "\n";
+  out << "  sizes:";
+  for (const auto& [name, mb] : items_) out << "  " << name << " " << std::setprecision(1) << mb;
+  out << "\n";
+  return out.str();
+}
 
 int configure_threads(int requested) {
   int n = requested > 0 ? requested : int(std::max(1u, std::thread::hardware_concurrency()));

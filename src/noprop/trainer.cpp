@@ -26,6 +26,22 @@ namespace {
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+double tensor_bytes(const torch::Tensor& t) { return t.defined() ? double(t.nbytes()) : 0.0; }
+
+// Bytes of an optimizer's per-parameter state (Adam's and AdamW's moments, SGD's momentum).
+double optimizer_state_bytes(torch::optim::Optimizer& opt) {
+  double bytes = 0;
+  for (const auto& [key, state] : opt.state()) {
+    if (auto* a = dynamic_cast<torch::optim::AdamWParamState*>(state.get()))
+      bytes += tensor_bytes(a->exp_avg()) + tensor_bytes(a->exp_avg_sq()) + tensor_bytes(a->max_exp_avg_sq());
+    else if (auto* b = dynamic_cast<torch::optim::AdamParamState*>(state.get()))
+      bytes += tensor_bytes(b->exp_avg()) + tensor_bytes(b->exp_avg_sq()) + tensor_bytes(b->max_exp_avg_sq());
+    else if (auto* c = dynamic_cast<torch::optim::SGDParamState*>(state.get()))
+      bytes += tensor_bytes(c->momentum_buffer());
+  }
+  return bytes;
+}
+
 std::string format_duration(double s) {
   char buf[32];
   int si = int(s + 0.5);
@@ -86,7 +102,10 @@ class CsvLog {
   }
   void add(const std::vector<double>& values) {
     std::string row;
-    for (std::size_t i = 0; i < values.size(); ++i) row += (i ? "," : "") + csv_number(values[i]);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      if (i) row += ',';
+      row += csv_number(values[i]);
+    }
     rows_.push_back(row);
   }
   void flush() const {
@@ -163,7 +182,7 @@ EvalResult evaluate(Method& method, const Dataset& data, int runs, const Inferen
     auto correct = torch::zeros({}, torch::kInt64).to(device);
     for (int64_t i = 0; i < n; i += batch_size) {
       int64_t e = std::min(n, i + batch_size);
-      auto x = data.images.slice(0, i, e).to(device);
+      auto x = data.rows(i, e).to(device);
       auto y = data.labels.slice(0, i, e).to(device);
       auto scores = method.predict(x, inference, gen);
       auto pred = scores.argmax(1);
@@ -217,10 +236,12 @@ nlohmann::json train(const RunOptions& opt) {
   const int threads = configure_threads(cfg.threads);
   const torch::Device device = select_device(cfg.device);
   const fs::path dir = opt.out_dir;
+  MemoryAccount memory;
 
   // Everything that can fail on bad input happens before the run directory is touched.
   const fs::path data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir);
   cfg.data_dir = data_dir.string();
+  memory.phase("data");
   DataSplits data = load_dataset(cfg.dataset, data_dir);
   if (cfg.train_samples > 0 && cfg.train_samples < data.train.size()) {
     data.train.images = data.train.images.slice(0, 0, cfg.train_samples);
@@ -231,7 +252,12 @@ nlohmann::json train(const RunOptions& opt) {
     data.test.labels = data.test.labels.slice(0, 0, cfg.test_samples);
   }
   TrainingState state;
+  // Whole storages: a train_samples slice keeps the whole split in memory.
+  auto storage_bytes = [](const torch::Tensor& t) { return double(t.storage().nbytes()); };
+  memory.item("data sets", storage_bytes(data.train.images) + storage_bytes(data.train.labels) +
+                               storage_bytes(data.test.images) + storage_bytes(data.test.labels));
 
+  memory.phase("model");
   torch::manual_seed(uint64_t(cfg.seed));
   auto method = make_method(cfg, data.info, &data.train, device);
   if (lead) check_free_space(dir, method->parameter_count());
@@ -307,8 +333,16 @@ nlohmann::json train(const RunOptions& opt) {
   EvalResult last_eval;
   double last_eval_acc = -1;
 
+  // Each checkpoint is a phase of the memory account.
+  auto checkpoint = [&](const fs::path& path) {
+    memory.phase("checkpoint");
+    save_checkpoint(path, *method, state);
+  };
+  bool first_step = true;
   StopSignals stop_signals;
   for (int64_t epoch = state.epoch + 1; epoch <= cfg.epochs; ++epoch) {
+    release_free_memory();
+    memory.phase(first_step ? "first step" : "training");
     method->set_training(true);
     const auto t0 = Clock::now();
     std::vector<torch::Tensor> sums(loss_names.size());
@@ -342,7 +376,7 @@ nlohmann::json train(const RunOptions& opt) {
           state.loss_counts = torch::tensor(counts, torch::kInt64);
           for (std::size_t i = 0; i < sums.size(); ++i)
             if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
-          if (lead) save_checkpoint(dir / "final.pt", *method, state);
+          if (lead) checkpoint(dir / "final.pt");
           if (lead && cfg.detailed_logging) batches.flush();
           throw interrupted(
               sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" + std::to_string(total),
@@ -356,13 +390,24 @@ nlohmann::json train(const RunOptions& opt) {
           const int64_t m = idx.size(0), r = dist->rank();
           idx = idx.slice(0, r * m / world, (r + 1) * m / world);
         }
-        auto x = data.train.images.index_select(0, idx);
+        auto x = data.train.select(idx);
         auto y = data.train.labels.index_select(0, idx);
         if (cfg.augment) augment_batch(x, 4);
         if (state.step + 1 == inject_step) x = torch::full_like(x, NAN);
         if (scheduled_lr) method->set_learning_rate(learning_rate_at(cfg, state.step, batches_per_pass * passes));
         auto losses = method->train_step(x.to(device), y.to(device), pass);
         ++state.step;
+        if (first_step) {
+          // Gradients and optimizer state exist from the first step on.
+          first_step = false;
+          double grads = 0, opt_state = 0;
+          for (const auto& p : method->parameters()) grads += tensor_bytes(p.grad());
+          for (auto* o : method->optimizers()) opt_state += optimizer_state_bytes(*o);
+          memory.item("parameters", 4.0 * double(method->parameter_count()));
+          memory.item("gradients", grads);
+          memory.item("optimizer state", opt_state);
+          memory.phase("training");
+        }
         if (state.step == interrupt_step) std::raise(SIGINT);
         if (state.step == exit_step) std::_Exit(3);
         if (auto bad = method->take_nonfinite(); !bad.empty()) {
@@ -408,6 +453,8 @@ nlohmann::json train(const RunOptions& opt) {
     train_seconds_total += train_s;
     ++epochs_run;
 
+    release_free_memory();
+    memory.phase("evaluation");
     const auto te0 = Clock::now();
     last_eval = evaluate(*method, data.test, 1, inference, cfg.inference_seed, cfg.eval_batch_size, device);
     last_eval_acc = last_eval.mean;
@@ -427,10 +474,11 @@ nlohmann::json train(const RunOptions& opt) {
     state.epoch = epoch;
     bool improved = last_eval_acc > state.best_test_accuracy;
     if (improved) state.best_test_accuracy = last_eval_acc, state.best_epoch = epoch;
-    if (lead && cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
-    if (lead && cfg.save_best && improved) save_checkpoint(dir / "best.pt", *method, state);
+    release_free_memory();
+    if (lead && cfg.save_final) checkpoint(dir / "final.pt");
+    if (lead && cfg.save_best && improved) checkpoint(dir / "best.pt");
     if (lead && cfg.checkpoint_every > 0 && epoch % cfg.checkpoint_every == 0)
-      save_checkpoint(dir / ("epoch_" + std::to_string(epoch) + ".pt"), *method, state);
+      checkpoint(dir / ("epoch_" + std::to_string(epoch) + ".pt"));
 
     std::ostringstream msg;
     msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
@@ -447,7 +495,7 @@ nlohmann::json train(const RunOptions& opt) {
     bool reached = cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy;
     if (dist) sig = int(dist->max(sig)), reached = dist->max(lead && reached) != 0;
     if (sig && epoch < cfg.epochs) {
-      if (lead && !cfg.save_final) save_checkpoint(dir / "final.pt", *method, state);
+      if (lead && !cfg.save_final) checkpoint(dir / "final.pt");
       throw interrupted(sig, "the end of epoch " + std::to_string(epoch), dir);
     }
     if (reached) {
@@ -461,6 +509,8 @@ nlohmann::json train(const RunOptions& opt) {
   if (!lead) return nullptr;  // the lead evaluates and reports; the others are done
 
   // Final evaluation: several stochastic inference runs of the final model.
+  release_free_memory();
+  memory.phase("final evaluation");
   const auto tf0 = Clock::now();
   EvalResult final_eval = evaluate(*method, data.test, inference.noise ? cfg.inference_runs : 1, inference,
                                    cfg.inference_seed, cfg.eval_batch_size, device);
@@ -488,7 +538,8 @@ nlohmann::json train(const RunOptions& opt) {
         {"steps", inference.steps},
         {"solver", inference.solver},
         {"sampler", inference.sampler}}},
-      {"peak_rss_mb", peak_rss_mb()},
+      {"peak_rss_mb", memory.peak_mb()},
+      {"memory", memory.json()},
       {"parameters", method->parameter_count()},
       {"threads", threads},
       {"workers", dist ? dist->world() : 1},
@@ -497,6 +548,7 @@ nlohmann::json train(const RunOptions& opt) {
       {"steps", state.step},
   };
   write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
+  if (opt.memory_report) progress.line(memory.table());
   std::ostringstream msg;
   msg << std::fixed << std::setprecision(2) << "final test accuracy " << final_eval.mean << "% ± " << final_eval.stddev
       << " over " << final_eval.runs.size() << " inference run(s); best " << state.best_test_accuracy << "% (epoch "

@@ -37,6 +37,7 @@ struct RunOptions {
   std::filesystem::path out_dir;  // the run directory
   bool resume = false;            // continue the run in out_dir from its final.pt
   bool quiet = false;             // no progress output (tests)
+  bool memory_report = false;     // print the memory account at the end (runtime.h)
 };
 
 // Runs (or resumes) training and returns the summary that is also written to summary.json.

@@ -1,6 +1,5 @@
 #include "noprop/util.h"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,26 +13,45 @@
 
 namespace noprop {
 
-void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
-  auto tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(path.string() + ": cannot write: " + std::strerror(errno));
-  bool ok = std::fwrite(contents.data(), 1, contents.size(), f) == contents.size();
-  ok = (std::fflush(f) == 0) && ok;
-  ok = (::fsync(::fileno(f)) == 0) && ok;
-  int err = errno;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::filesystem::remove(tmp);
-    throw Error(path.string() + ": write failed: " + std::strerror(err));
-  }
+AtomicFile::AtomicFile(const std::filesystem::path& path) : path_(path), tmp_(path) {
+  tmp_ += ".tmp." + std::to_string(::getpid());
+  f_ = std::fopen(tmp_.c_str(), "wb");
+  if (!f_) throw Error(path.string() + ": cannot write: " + std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (!f_) return;
+  std::fclose(f_);
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    throw Error(path.string() + ": cannot rename into place: " + ec.message());
+  std::filesystem::remove(tmp_, ec);
+}
+
+void AtomicFile::write(const void* data, std::size_t n) {
+  if (ok_ && n > 0 && std::fwrite(data, 1, n, f_) != n) ok_ = false, err_ = errno;
+}
+
+void AtomicFile::commit() {
+  if (ok_ && std::fflush(f_) != 0) ok_ = false, err_ = errno;
+  if (ok_ && ::fsync(::fileno(f_)) != 0) ok_ = false, err_ = errno;
+  const bool closed = std::fclose(f_) == 0;
+  if (ok_ && !closed) ok_ = false, err_ = errno;
+  f_ = nullptr;
+  std::error_code ec;
+  if (!ok_) {
+    std::filesystem::remove(tmp_, ec);
+    throw Error(path_.string() + ": write failed: " + std::strerror(err_));
   }
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) {
+    std::filesystem::remove(tmp_, ec);
+    throw Error(path_.string() + ": cannot rename into place: " + ec.message());
+  }
+}
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
+  AtomicFile f(path);
+  f.write(contents.data(), contents.size());
+  f.commit();
 }
 
 std::string read_text_file(const std::filesystem::path& path) {
@@ -87,12 +105,6 @@ std::string timestamp_now() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
   return buf;
-}
-
-double peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
 }  // namespace noprop

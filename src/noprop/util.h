@@ -2,6 +2,7 @@
 // and string utilities. Deliberately free of torch so that it stays cheap to include.
 #pragma once
 
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -22,8 +23,26 @@ struct Interrupted : Error {
   int signal;
 };
 
-// Writes `contents` to `path` through a temporary file in the same directory, flushed and
-// renamed into place, so readers never see a half-written file.
+// A file written through a temporary file in the same directory, flushed and renamed into
+// place by commit(), so readers never see a half-written file; destroyed uncommitted (an
+// exception on the way), it leaves nothing behind. Errors name `path`.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::filesystem::path& path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  void write(const void* data, std::size_t n);
+  void commit();
+
+ private:
+  std::filesystem::path path_, tmp_;
+  std::FILE* f_ = nullptr;
+  bool ok_ = true;
+  int err_ = 0;
+};
+
+// Writes `contents` to `path` through an AtomicFile.
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents);
 
 // Whole file into memory; throws Error naming the file on failure.
@@ -41,8 +60,5 @@ std::string closest_match(const std::string& word, const std::vector<std::string
 
 // Current time as 20261127-184501, for run directory names.
 std::string timestamp_now();
-
-// Peak resident set size of this process in MiB.
-double peak_rss_mb();
 
 }  // namespace noprop

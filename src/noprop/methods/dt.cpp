@@ -102,6 +102,9 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
   // The clip scales in place: r.shared_grads now holds the clipped head and embedding gradients.
   for (std::ptrdiff_t i = 0; i < n; ++i) block_params_[t - 1][size_t(i)].mutable_grad() = block_grads[size_t(i)];
   block_opts_[t - 1]->step();
+  // Block t's gradients are not needed once it has stepped: dropped, so that only one block's
+  // gradients ever exist (back-propagation must hold every block's at once).
+  for (auto& p : block_params_[t - 1]) p.mutable_grad() = torch::Tensor();
   r.stepped = true;
   r.loss = loss_t.detach();
   return r;

@@ -71,8 +71,8 @@ std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, con
   torch::Tensor prototypes;
   if (cfg.embedding == "prototype") {
     if (!train) throw Error("prototype embeddings need the training set");
-    auto idx = select_prototypes(train->images, train->labels, info.num_classes);
-    prototypes = train->images.index_select(0, idx);
+    auto idx = select_prototypes(train->normalised(), train->labels, info.num_classes);
+    prototypes = train->select(idx);
   }
   NoPropNet net(cfg, info, prototypes);
   net->to(device);
