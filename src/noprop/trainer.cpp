@@ -400,10 +400,10 @@ nlohmann::json train(const RunOptions& opt) {
         if (first_step) {
           // Gradients and optimizer state exist from the first step on.
           first_step = false;
-          double grads = 0, opt_state = 0;
-          for (const auto& p : method->parameters()) grads += tensor_bytes(p.grad());
+          double params = 0, grads = 0, opt_state = 0;
+          for (const auto& p : method->parameters()) params += tensor_bytes(p), grads += tensor_bytes(p.grad());
           for (auto* o : method->optimizers()) opt_state += optimizer_state_bytes(*o);
-          memory.item("parameters", 4.0 * double(method->parameter_count()));
+          memory.item("parameters", params);
           memory.item("gradients", grads);
           memory.item("optimizer state", opt_state);
           memory.phase("training");
