@@ -11,8 +11,10 @@
 #include "noprop/checkpoint.h"
 #include "noprop/config.h"
 #include "noprop/distributed.h"
+#include "noprop/datasets.h"
 #include "noprop/download.h"
 #include "noprop/image.h"
+#include "noprop/methods/registry.h"
 #include "noprop/predict.h"
 #include "noprop/plot.h"
 #include "noprop/runs.h"
@@ -113,11 +115,21 @@ nlohmann::json tensor_rows(const torch::Tensor& t) {
 int run_eval(const EvalArgs& a) {
   auto model = load_model(a.checkpoint, a.device);
   const Config& cfg = model.cfg;
-  const bool continuous = cfg.method == "ct" || cfg.method == "fm";
-  if (!continuous && (!a.steps.empty() || !a.solvers.empty() || !a.samplers.empty()))
-    throw Error("--steps, --solver and --sampler apply to the ct and fm methods; this checkpoint is " + cfg.method);
-  if (cfg.method == "fm" && !a.samplers.empty()) throw Error("--sampler applies to the ct method only");
-  if (cfg.method != "dt" && !a.readouts.empty()) throw Error("--readout applies to the dt method only");
+  const auto uses = method_spec(cfg.method).inference;
+  // A flag that the checkpoint's method does not read is an error naming the methods that do.
+  using Uses = MethodSpec::Uses;
+  auto refuse = [&](bool given, const std::string& flag, bool Uses::*field) {
+    if (!given || uses.*field) return;
+    std::vector<std::string> users;
+    for (const auto& s : method_specs())
+      if (s.inference.*field) users.push_back(s.name);
+    throw Error(flag + ": options that apply to the " + join(users, " and ") + " methods; this checkpoint is " +
+                cfg.method);
+  };
+  refuse(!a.steps.empty(), "--steps", &Uses::steps);
+  refuse(!a.solvers.empty(), "--solver", &Uses::solver);
+  refuse(!a.samplers.empty(), "--sampler", &Uses::sampler);
+  refuse(!a.readouts.empty(), "--readout", &Uses::readout);
   int used_threads = configure_threads(a.threads >= 0 ? a.threads : cfg.threads);
   auto data = load_dataset(cfg.dataset, resolve_data_dir(cfg.dataset, a.data_dir.empty() ? cfg.data_dir : a.data_dir));
 
@@ -125,9 +137,14 @@ int run_eval(const EvalArgs& a) {
   base.noise = a.noise || (cfg.inference_noise && !a.no_noise);
   const int n = a.runs > 0 ? a.runs : (base.noise ? cfg.inference_runs : 1);
   const auto steps = a.steps.empty() ? std::vector<int>{base.steps} : a.steps;
-  const auto solvers = a.solvers.empty() ? std::vector<std::string>{base.solver} : a.solvers;
-  const auto samplers = a.samplers.empty() ? std::vector<std::string>{base.sampler} : a.samplers;
-  const auto readouts = a.readouts.empty() ? std::vector<std::string>{base.readout} : a.readouts;
+  auto parsed = [](const std::vector<std::string>& names, auto fallback, auto parse) {
+    std::vector<decltype(fallback)> out;
+    for (const auto& n : names) out.push_back(parse(n));
+    return out.empty() ? std::vector<decltype(fallback)>{fallback} : out;
+  };
+  const auto solvers = parsed(a.solvers, base.solver, parse_solver);
+  const auto samplers = parsed(a.samplers, base.sampler, parse_sampler);
+  const auto readouts = parsed(a.readouts, base.readout, parse_readout);
   nlohmann::json results = nlohmann::json::array();
   std::vector<InferenceOptions> combos;
   for (const auto& readout : readouts)
@@ -135,7 +152,7 @@ int run_eval(const EvalArgs& a) {
       for (const auto& sampler : samplers)
         for (std::size_t si = 0; si < solvers.size(); ++si) {
           // CT's ancestral sampler has no solver: evaluate it once.
-          if (cfg.method == "ct" && sampler == "ancestral" && si > 0) continue;
+          if (uses.sampler && sampler == Sampler::ancestral && si > 0) continue;
           InferenceOptions io = base;
           io.steps = st, io.sampler = sampler, io.solver = solvers[si], io.readout = readout;
           combos.push_back(io);
@@ -147,10 +164,10 @@ int run_eval(const EvalArgs& a) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     nlohmann::json row = {
         {"test_accuracy", r.mean}, {"test_accuracy_std", r.stddev}, {"test_accuracy_runs", r.runs}, {"seconds", secs}};
-    if (continuous) row["steps"] = io.steps, row["solver"] = io.solver;
-    if (cfg.method == "ct") row["sampler"] = io.sampler;
-    if (cfg.method == "ct" && io.sampler == "ancestral") row.erase("solver");
-    if (cfg.method == "dt") row["readout"] = io.readout;
+    if (uses.steps) row["steps"] = io.steps;
+    if (uses.solver && !(uses.sampler && io.sampler == Sampler::ancestral)) row["solver"] = to_string(io.solver);
+    if (uses.sampler) row["sampler"] = to_string(io.sampler);
+    if (uses.readout) row["readout"] = to_string(io.readout);
     if (a.confusion) row["confusion"] = tensor_rows(r.confusion);
     results.push_back(row);
   }
@@ -163,7 +180,7 @@ int run_eval(const EvalArgs& a) {
                         {"test_accuracy_runs", results[0]["test_accuracy_runs"]},
                         {"inference_noise", base.noise},
                         {"threads", used_threads}};
-  if (continuous || results.size() > 1) out["results"] = results;
+  if (uses.steps || results.size() > 1) out["results"] = results;
   if (a.confusion) {
     // Which class the head gives a perfect latent z = u_k, for each class k: a head that sends
     // two embeddings to one class cannot tell those classes apart, whatever the blocks learn.
@@ -362,16 +379,16 @@ int main(int argc, char** argv) {
   auto* download_cmd = data_cmd->add_subcommand(
       "download",
       "Download a data set from its mirrors, verify the published MD5s and unpack it where the readers look");
-  download_cmd->add_option("dataset", dl_name, "mnist, fashion-mnist, cifar10 or cifar100")->required();
+  download_cmd->add_option("dataset", dl_name, join(download_datasets(), ", "))->required();
   download_cmd->add_option("--dir", dl_dir, "data directory (default ./data, where training looks first)");
   download_cmd->add_option("--mirror", dl_mirrors, "a base URL to try before the published mirrors (repeatable)");
   download_cmd->add_flag("--quiet", dl_quiet, "no progress output");
 
   ImageArgs ia;
   auto* image_cmd = data_cmd->add_subcommand("image", "Write one image of a data set as PNG; prints its label as JSON");
-  image_cmd->add_option("dataset", ia.dataset, "mnist, fashion-mnist, cifar10, cifar100 or cifar100-coarse")
+  image_cmd->add_option("dataset", ia.dataset, join(dataset_names(), ", "))
       ->required()
-      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"}));
+      ->check(CLI::IsMember(dataset_names()));
   image_cmd->add_option("--index", ia.index, "image index in the split (default 0)")->check(CLI::NonNegativeNumber);
   image_cmd->add_option("--split", ia.split, "test or train (default test)")->check(CLI::IsMember({"test", "train"}));
   image_cmd->add_option("--out", ia.out, "PNG file to write")->required();

@@ -21,10 +21,11 @@
 #include <fstream>
 #include <iostream>
 
-#include "noprop/block.h"
 #include "noprop/compat.h"
 #include "noprop/config.h"
+#include "noprop/blocks/registry.h"
 #include "noprop/data.h"
+#include "noprop/datasets.h"
 #include "noprop/methods/method.h"
 #include "noprop/runtime.h"
 #include "noprop/util.h"
@@ -57,18 +58,6 @@ class Autocast {
 
 void synchronise(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index() < 0 ? 0 : device.index());
-}
-
-// FLOPs of one training batch and of one inference pass over one image.
-std::pair<double, double> flop_counts(const Config& cfg, const noprop::DataInfo& info, int batch) {
-  const auto opt = noprop::block_options(cfg, info);
-  if (cfg.method == "ct" || cfg.method == "fm") {
-    const double block = noprop::continuous_block_forward_flops(opt);
-    return {3.0 * batch * block, double(cfg.inference_steps) * block};  // inference: an upper bound
-  }
-  const double block = noprop::block_forward_flops(opt);
-  const int trained = cfg.method == "dt" && cfg.block_order == "sequential" ? 1 : cfg.num_layers;
-  return {3.0 * batch * trained * block, cfg.num_layers * block};
 }
 
 struct Args {
@@ -194,7 +183,8 @@ nlohmann::json run(const Args& a) {
     }
   }
 
-  const auto [train_flops, infer_flops] = flop_counts(cfg, data.info, B);
+  // FLOPs of one training batch and of one inference pass over one image (CT: an upper bound).
+  const double train_flops = method->step_flops(B), infer_flops = method->inference_flops(inference);
   const double med = median(times), inf_med = median(inference_times);
   const int64_t batches_per_epoch = (n_train + B - 1) / B * method->passes_per_epoch();
   nlohmann::json j = {
@@ -240,8 +230,8 @@ int main(int argc, char** argv) {
   Args a;
   app.add_option("--config", a.config, "named config or YAML file (default: the built-in defaults)");
   app.add_option("--method", a.method, "dt | backprop | ct | fm");
-  app.add_option("--architecture", a.architecture, "paper | seed");
-  app.add_option("--dataset", a.dataset, "mnist | fashion-mnist | cifar10 | cifar100 | cifar100-coarse");
+  app.add_option("--architecture", a.architecture, noprop::join(noprop::block_names(), " | "));
+  app.add_option("--dataset", a.dataset, noprop::join(noprop::dataset_names(), " | "));
   app.add_option("--data-dir", a.data_dir, "data directory (as for noprop train)");
   app.add_flag("--synthetic", a.synthetic, "random images and labels instead of the data set (throughput only)");
   app.add_option("--threads", a.threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "noprop/block.h"
+#include "noprop/blocks/conv.h"
 
 using namespace noprop;
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "noprop/blocks/conv.h"
 #include "noprop/methods/ct.h"
 #include "noprop/methods/fm.h"
 #include "noprop/util.h"
@@ -24,7 +25,7 @@ Config tiny_cfg(const std::string& method) {
 double linear_error(int steps, const std::string& solver) {
   const double lambda = -1.5;
   auto z = torch::ones({1}, torch::kFloat64);
-  z = integrate_ode(z, steps, solver, [&](const torch::Tensor& zk, int) { return lambda * zk; });
+  z = integrate_ode(z, steps, parse_solver(solver), [&](const torch::Tensor& zk, int) { return lambda * zk; });
   return std::abs(z.item<double>() - std::exp(lambda));
 }
 }  // namespace
@@ -40,9 +41,9 @@ TEST(Ode, EulerAndHeunConvergeAtTheirOrder) {
   // uses the left end of each interval and falls short by h.
   auto field = [](const torch::Tensor& z, int k) { return torch::full_like(z, 2.0 * k / 10.0); };
   auto zero = torch::zeros({1}, torch::kFloat64);
-  EXPECT_NEAR(integrate_ode(zero, 10, "heun", field).item<double>(), 1.0, 1e-12);
-  EXPECT_NEAR(integrate_ode(zero, 10, "euler", field).item<double>(), 0.9, 1e-12);
-  EXPECT_THROW(integrate_ode(zero, 10, "rk4", field), Error);
+  EXPECT_NEAR(integrate_ode(zero, 10, Solver::heun, field).item<double>(), 1.0, 1e-12);
+  EXPECT_NEAR(integrate_ode(zero, 10, Solver::euler, field).item<double>(), 0.9, 1e-12);
+  EXPECT_THROW(parse_solver("rk4"), Error);
 }
 
 // With a perfect denoiser (û = u_y) both CT samplers carry z_0 ~ q(z_0 | y) to q(z_1 | y) =
@@ -77,7 +78,8 @@ TEST(CT, PerfectDenoiserReproducesMarginals) {
     }
     const double ab0 = 1 / (1 + std::exp(6.9));
     auto z0 = std::sqrt(ab0) * u + std::sqrt(1 - ab0) * torch::randn({n, 2}, gen);
-    auto z = m.sample(perfect, z0, InferenceOptions{true, k.steps, k.solver, k.sampler}, gen);
+    auto z =
+        m.sample(perfect, z0, InferenceOptions{true, k.steps, parse_solver(k.solver), parse_sampler(k.sampler)}, gen);
     const double ab = 1 / (1 + std::exp(k.gamma0));
     const std::string what = std::string(k.sampler) + " " + k.solver + " " + std::to_string(k.steps);
     EXPECT_NEAR(z.select(1, 0).mean().item<double>(), std::sqrt(ab), 0.01) << what;
@@ -96,7 +98,7 @@ TEST(CT, StepReportsItsTermsAndTrainsEveryGroup) {
   NoPropNet net(c, tiny_info(), torch::Tensor());
   CTMethod m(c, net);
   auto g0 = m.schedule()->gamma0.clone(), w = m.schedule()->w1_raw.clone();
-  auto head = net->head->fc->weight.clone(), block = net->cblock->fused_in->weight.clone();
+  auto head = net->head->fc->weight.clone(), block = net->cblock_as<ContinuousBlockImpl>()->fused_in->weight.clone();
   auto l = m.train_step(torch::randn({6, 1, 8, 8}), torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64), 0);
   ASSERT_EQ(l.size(), m.loss_names().size());
   const double ab0 = 1e-3;  // the initial ᾱ(0)
@@ -107,7 +109,7 @@ TEST(CT, StepReportsItsTermsAndTrainsEveryGroup) {
   EXPECT_FALSE(torch::equal(g0, m.schedule()->gamma0));
   EXPECT_FALSE(torch::equal(w, m.schedule()->w1_raw));
   EXPECT_FALSE(torch::equal(head, net->head->fc->weight));
-  EXPECT_FALSE(torch::equal(block, net->cblock->fused_in->weight));
+  EXPECT_FALSE(torch::equal(block, net->cblock_as<ContinuousBlockImpl>()->fused_in->weight));
 }
 
 // ‖v − (z_1 − z_0)‖² is zero for the exact field and matches a hand computation otherwise.
@@ -166,7 +168,7 @@ TEST(Continuous, PrototypeEmbeddings) {
     Config c = tiny_cfg(method);
     c.embedding = "prototype";
     NoPropNet net(c, tiny_info(), protos);
-    ASSERT_TRUE(bool(net->cblock->label_conv)) << method;
+    ASSERT_TRUE(bool(net->cblock_as<ContinuousBlockImpl>()->label_conv)) << method;
     std::unique_ptr<Method> m;
     if (method == "ct")
       m = std::make_unique<CTMethod>(c, net);
@@ -177,7 +179,7 @@ TEST(Continuous, PrototypeEmbeddings) {
     m->train_step(x, y, 0);
     EXPECT_FALSE(torch::equal(W, net->embed->weight)) << method;
     m->set_training(false);
-    auto s = m->predict(x, InferenceOptions{true, 4, "heun", "flow"}, gen);
+    auto s = m->predict(x, InferenceOptions{true, 4, Solver::heun, Sampler::flow}, gen);
     EXPECT_EQ(s.sizes(), (std::vector<int64_t>{6, 4})) << method;
     EXPECT_TRUE(torch::isfinite(s).all().item<bool>()) << method;
   }

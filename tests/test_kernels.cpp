@@ -6,8 +6,9 @@
 #include <cmath>
 #include <sstream>
 
-#include "noprop/block.h"
+#include "noprop/blocks/conv.h"
 #include "noprop/kernels.h"
+#include "noprop/methods/helpers.h"
 #include "noprop/methods/method.h"
 
 namespace noprop {

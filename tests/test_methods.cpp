@@ -3,8 +3,10 @@
 
 #include <cmath>
 
+#include "noprop/blocks/conv.h"
 #include "noprop/methods/backprop.h"
 #include "noprop/methods/dt.h"
+#include "noprop/methods/helpers.h"
 #include "test_util.h"
 
 using namespace noprop;
@@ -62,7 +64,7 @@ TEST(DT, SequentialPassTouchesOnlyItsBlock) {
   DTMethod m(c, net);
   EXPECT_EQ(m.passes_per_epoch(), 3);
   std::vector<torch::Tensor> before;
-  for (int t = 1; t <= 3; ++t) before.push_back(net->block(t)->fused->parameters()[0].clone());
+  for (int t = 1; t <= 3; ++t) before.push_back(net->block_as<DenoiseBlockImpl>(t)->fused->parameters()[0].clone());
   auto head_before = net->head->fc->weight.clone();
   auto x = torch::randn({6, 1, 8, 8});
   auto y = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64);
@@ -71,9 +73,9 @@ TEST(DT, SequentialPassTouchesOnlyItsBlock) {
   EXPECT_FALSE(losses[0].defined());
   EXPECT_TRUE(losses[1].defined());
   EXPECT_FALSE(losses[2].defined());
-  EXPECT_TRUE(torch::equal(before[0], net->block(1)->fused->parameters()[0]));
-  EXPECT_FALSE(torch::equal(before[1], net->block(2)->fused->parameters()[0]));
-  EXPECT_TRUE(torch::equal(before[2], net->block(3)->fused->parameters()[0]));
+  EXPECT_TRUE(torch::equal(before[0], net->block_as<DenoiseBlockImpl>(1)->fused->parameters()[0]));
+  EXPECT_FALSE(torch::equal(before[1], net->block_as<DenoiseBlockImpl>(2)->fused->parameters()[0]));
+  EXPECT_TRUE(torch::equal(before[2], net->block_as<DenoiseBlockImpl>(3)->fused->parameters()[0]));
   EXPECT_FALSE(torch::equal(head_before, net->head->fc->weight));
   // total = block 2's loss + CE + KL
   double total = losses[1].item<double>() + losses[3].item<double>() + losses[4].item<double>();
@@ -181,10 +183,10 @@ TEST(Backprop, StepUpdatesEveryBlockAndAlpha) {
   NoPropNet net(c, tiny_info(), torch::Tensor());
   BackpropMethod m(c, net);
   auto w_before = m.model()->w.clone();
-  auto b1 = net->block(1)->fused->parameters()[0].clone();
+  auto b1 = net->block_as<DenoiseBlockImpl>(1)->fused->parameters()[0].clone();
   m.train_step(torch::randn({6, 1, 8, 8}), torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64), 0);
   EXPECT_FALSE(torch::equal(w_before, m.model()->w));
-  EXPECT_FALSE(torch::equal(b1, net->block(1)->fused->parameters()[0]));
+  EXPECT_FALSE(torch::equal(b1, net->block_as<DenoiseBlockImpl>(1)->fused->parameters()[0]));
 }
 
 TEST(Methods, ClipGradNorm) {

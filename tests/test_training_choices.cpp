@@ -85,7 +85,7 @@ TEST(Readout, BlocksIsTheMeanOfTheBlocksProbabilities) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
   InferenceOptions opt;
   opt.noise = false;
-  opt.readout = "blocks";
+  opt.readout = Readout::blocks;
   auto got = m.predict(x, opt, gen);
 
   torch::NoGradGuard no_grad;
@@ -98,7 +98,7 @@ TEST(Readout, BlocksIsTheMeanOfTheBlocksProbabilities) {
   }
   EXPECT_TRUE(torch::allclose(got, torch::log(sum / 3), 1e-5, 1e-6)) << got << torch::log(sum / 3);
   // The head readout of the same chain differs (it reads z_T through the head).
-  opt.readout = "head";
+  opt.readout = Readout::head;
   auto head = m.predict(x, opt, gen);
   EXPECT_TRUE(torch::allclose(head, net->head->log_prob(z, net->embed->weight), 1e-5, 1e-6));
   EXPECT_FALSE(torch::allclose(head, got));

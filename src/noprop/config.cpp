@@ -9,6 +9,9 @@
 #include <set>
 #include <sstream>
 
+#include "noprop/blocks/registry.h"
+#include "noprop/datasets.h"
+#include "noprop/methods/registry.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -73,12 +76,16 @@ Key flag(const char* name, bool Config::*member, const char* help) {
              [=](const Config& c, YAML::Emitter& e) { e << YAML::Key << name << YAML::Value << c.*member; }};
 }
 
-Key text(const char* name, std::string Config::*member, std::vector<std::string> choices, const char* help) {
+// A string key whose valid values come from `valid` (none: any string). A function, because
+// registered names (methods, blocks, data sets) may be added to at start-up.
+Key choice(const char* name, std::string Config::*member, std::function<std::vector<std::string>()> valid,
+           const char* help) {
   return Key{
       name, help,
       [=](Config& c, const YAML::Node& n, const std::string& where) {
         if (!n.IsScalar()) bad(where, name, "expected a string, got '" + scalar_text(n) + "'");
         std::string v = n.Scalar();
+        const std::vector<std::string> choices = valid();
         if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
           std::string hint = closest_match(v, choices);
           bad(where, name,
@@ -88,19 +95,23 @@ Key text(const char* name, std::string Config::*member, std::vector<std::string>
       },
       [=](const Config& c, YAML::Emitter& e) { e << YAML::Key << name << YAML::Value << c.*member; }};
 }
+Key text(const char* name, std::string Config::*member, std::vector<std::string> choices, const char* help) {
+  return choice(
+      name, member, [choices] { return choices; }, help);
+}
 
 constexpr double kBig = 1e12;
 
 const std::vector<Key>& keys() {
   static const std::vector<Key> k = {
-      text("dataset", &Config::dataset, {"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"},
-           "data set (cifar100-coarse: CIFAR-100's files with its 20 superclass labels)"),
+      choice("dataset", &Config::dataset, dataset_names,
+             "data set (cifar100-coarse: CIFAR-100's files with its 20 superclass labels)"),
       text("data_dir", &Config::data_dir, {}, "data directory (else --data-dir, $NOPROP_DATA, ./data)"),
       flag("augment", &Config::augment, "CIFAR random crop (padding 4) and horizontal flip"),
       number("train_samples", &Config::train_samples, 0, 1e9, "use only the first N training samples (0: all)"),
       number("test_samples", &Config::test_samples, 0, 1e9,
              "evaluate on the first N test samples only (0: all; quick runs, not results)"),
-      text("method", &Config::method, {"dt", "backprop", "ct", "fm"}, "training method"),
+      choice("method", &Config::method, method_names, "training method"),
       number("num_layers", &Config::num_layers, 1, 1000, "T, the number of blocks"),
       number("eta", &Config::eta, 0, kBig, "η, weight of the denoising loss (Eq. 8)"),
       text("block_order", &Config::block_order, {"interleaved", "sequential"},
@@ -115,8 +126,8 @@ const std::vector<Key>& keys() {
       number("schedule_hidden", &Config::schedule_hidden, 1, 100000,
              "CT: hidden width of the learned schedule network"),
       number("fm_sigma", &Config::fm_sigma, 0, 10, "FM: noise σ around the straight path z_t"),
-      text("architecture", &Config::architecture, {"paper", "seed"},
-           "block: paper (Fig. 6, three convs) or seed (two convs)"),
+      choice("architecture", &Config::architecture, block_names,
+             "block: paper (Fig. 6, three convs) or seed (two convs)"),
       text("embedding", &Config::embedding, {"one-hot", "learned", "prototype"}, "class embeddings"),
       number("embedding_dim", &Config::embedding_dim, 1, 100000, "d of learned embeddings"),
       text("head", &Config::head, {"softmax", "radial"}, "output head (Eq. 14-16)"),
@@ -243,6 +254,11 @@ void validate(const Config& cfg) {
   bool cpu = cfg.device == "cpu";
   bool cuda = cfg.device == "cuda" || cfg.device.rfind("cuda:", 0) == 0;
   if (!cpu && !cuda) throw Error("config key 'device': '" + cfg.device + "' is not cpu, cuda or cuda:N");
+  const auto& block = block_spec(cfg.architecture);
+  if (method_spec(cfg.method).continuous_time ? !block.make_time : !block.make)
+    throw Error("config key 'architecture': block '" + cfg.architecture + "' has no " +
+                (method_spec(cfg.method).continuous_time ? "continuous" : "discrete") + "-time form, which method '" +
+                cfg.method + "' needs");
   if (cfg.concurrent_blocks > 1 && cfg.kernels != "fused")
     throw Error(
         "config key 'concurrent_blocks': concurrent blocks need kernels: fused (LibTorch's dropout draws "

@@ -12,14 +12,14 @@ namespace noprop {
 
 struct Config {
   // Data.
-  std::string dataset = "mnist";  // mnist | fashion-mnist | cifar10 | cifar100 | cifar100-coarse
+  std::string dataset = "mnist";  // a registered data set (datasets.h): mnist | cifar10 | ...
   std::string data_dir;           // empty: --data-dir, $NOPROP_DATA, ./data, /usr/share/datasets
   bool augment = false;           // CIFAR random crop (pad 4) + horizontal flip; off as in the paper
   int train_samples = 0;          // use only the first N training samples (0: all), for quick runs
   int test_samples = 0;           // evaluate on the first N test samples only (0: all), for quick runs
 
   // Method.
-  std::string method = "dt";                // dt | backprop | ct | fm
+  std::string method = "dt";                // a registered method (methods/registry.h): dt | backprop | ct | fm
   int num_layers = 10;                      // T, the number of blocks
   double eta = 0.1;                         // η of Eq. 8
   std::string block_order = "interleaved";  // interleaved | sequential (Algorithm 1)
@@ -36,7 +36,7 @@ struct Config {
   double fm_sigma = 0.0;              // FM: σ of z_t ~ N(t z_1 + (1 − t) z_0, σ²) (ours)
 
   // Model.
-  std::string architecture = "paper";  // paper (Fig. 6, three convs) | seed (two convs)
+  std::string architecture = "paper";  // a registered block (blocks/registry.h): paper | seed
   std::string embedding = "one-hot";   // one-hot | learned | prototype
   int embedding_dim = 20;              // d for learned embeddings
   std::string head = "softmax";        // softmax | radial (Eq. 14-16)

@@ -1,5 +1,7 @@
 #include "noprop/data.h"
 
+#include "noprop/datasets.h"
+
 #include <zlib.h>
 
 #include <cstdlib>
@@ -94,23 +96,14 @@ fs::path find_file(const fs::path& dir, const std::string& base) {
   return {};
 }
 
-std::vector<std::string> required_files(const std::string& name) {
-  if (name == "cifar10")
-    return {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
-            "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"};
-  if (name == "cifar100" || name == "cifar100-coarse") return {"train.bin", "test.bin"};
-  return {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+std::vector<std::string> required_files(const DatasetSpec& spec) {
+  auto files = spec.train_files;
+  files.insert(files.end(), spec.test_files.begin(), spec.test_files.end());
+  return files;
 }
 
-std::vector<std::string> subfolders(const std::string& name) {
-  if (name == "mnist") return {"mnist", "MNIST", "MNIST/raw"};
-  if (name == "fashion-mnist") return {"fashion-mnist", "FashionMNIST", "FashionMNIST/raw"};
-  if (name == "cifar10") return {"cifar10", "cifar-10", "cifar-10-batches-bin", "cifar-10-jpeg"};
-  return {"cifar100", "cifar-100", "cifar-100-binary"};  // both CIFAR-100 labellings
-}
-
-bool has_all(const fs::path& dir, const std::string& name) {
-  for (const auto& f : required_files(name))
+bool has_all(const fs::path& dir, const DatasetSpec& spec) {
+  for (const auto& f : required_files(spec))
     if (find_file(dir, f).empty()) return false;
   return true;
 }
@@ -149,44 +142,15 @@ void normalise_into(const uint8_t* pixels, int64_t n, int64_t channels, int64_t 
 }  // namespace
 
 DataInfo dataset_info(const std::string& name) {
-  if (name == "mnist") return {name, 1, 28, 28, 10, {0.1307}, {0.3081}};
-  if (name == "fashion-mnist") return {name, 1, 28, 28, 10, {0.2860}, {0.3530}};
-  if (name == "cifar10") return {name, 3, 32, 32, 10, {0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
-  if (name == "cifar100") return {name, 3, 32, 32, 100, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
-  // The same files labelled with their 20 superclasses (the record's first byte).
-  if (name == "cifar100-coarse") return {name, 3, 32, 32, 20, {0.5071, 0.4865, 0.4409}, {0.2673, 0.2564, 0.2762}};
-  throw Error("unknown data set '" + name + "' (mnist, fashion-mnist, cifar10, cifar100, cifar100-coarse)");
+  const auto& s = dataset_spec(name);
+  return {s.name, s.channels, s.height, s.width, s.num_classes, s.mean, s.stddev};
 }
 
 std::vector<std::string> class_names(const std::string& name) {
-  const auto info = dataset_info(name);
-  if (name == "fashion-mnist")
-    return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
-  if (name == "cifar10")
-    return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
-  if (name == "cifar100-coarse")
-    return {"aquatic mammals",
-            "fish",
-            "flowers",
-            "food containers",
-            "fruit and vegetables",
-            "household electrical devices",
-            "household furniture",
-            "insects",
-            "large carnivores",
-            "large man-made outdoor things",
-            "large natural outdoor scenes",
-            "large omnivores and herbivores",
-            "medium-sized mammals",
-            "non-insect invertebrates",
-            "people",
-            "reptiles",
-            "small mammals",
-            "trees",
-            "vehicles 1",
-            "vehicles 2"};
+  const auto& s = dataset_spec(name);
+  if (!s.class_names.empty()) return s.class_names;
   std::vector<std::string> out;
-  for (int i = 0; i < info.num_classes; ++i) out.push_back(std::to_string(i));
+  for (int i = 0; i < s.num_classes; ++i) out.push_back(std::to_string(i));
   return out;
 }
 
@@ -240,27 +204,27 @@ CifarRecords read_cifar(const std::vector<fs::path>& files, bool cifar100, bool 
 }
 
 fs::path locate_dataset(const std::string& name, const fs::path& dir) {
-  dataset_info(name);  // validates the name
+  const auto& spec = dataset_spec(name);
   std::vector<fs::path> candidates{dir};
-  for (const auto& s : subfolders(name)) candidates.push_back(dir / s);
+  for (const auto& s : spec.subfolders) candidates.push_back(dir / s);
   for (const auto& c : candidates)
-    if (has_all(c, name)) return c;
+    if (has_all(c, spec)) return c;
   std::vector<std::string> files;
-  for (const auto& f : required_files(name)) files.push_back(f + "[.gz]");
+  for (const auto& f : required_files(spec)) files.push_back(f + "[.gz]");
   throw Error(dir.string() + ": " + name + " not found (looked for " + join(files) + " in it and in its sub-folders " +
-              join(subfolders(name)) + ")");
+              join(spec.subfolders) + ")");
 }
 
 fs::path resolve_data_dir(const std::string& name, const std::string& explicit_dir) {
   if (!explicit_dir.empty()) return explicit_dir;
   if (const char* env = std::getenv("NOPROP_DATA"); env && *env) return env;
-  if (name != "fashion-mnist") return "data";
-  // Fashion-MNIST falls back to Debian's dataset-fashion-mnist when ./data lacks it.
+  const auto& spec = dataset_spec(name);
+  if (spec.system_dir.empty()) return "data";
   try {
     locate_dataset(name, "data");
     return "data";
   } catch (const Error&) {
-    return "/usr/share/datasets";
+    return spec.system_dir;
   }
 }
 
@@ -300,25 +264,28 @@ torch::Tensor Dataset::rows(int64_t begin, int64_t end) const { return normalise
 torch::Tensor Dataset::select(const torch::Tensor& index) const { return normalise(images.index_select(0, index)); }
 
 DataSplits load_dataset(const std::string& name, const fs::path& dir) {
+  const auto& spec = dataset_spec(name);
   DataSplits splits;
   splits.info = dataset_info(name);
   const auto& info = splits.info;
-  fs::path where = locate_dataset(name, dir);
-  if (name == "cifar10" || name == "cifar100" || name == "cifar100-coarse") {
-    const bool c100 = name != "cifar10", coarse = name == "cifar100-coarse";
-    std::vector<fs::path> train_files, test_files;
-    for (const auto& f : required_files(name)) {
-      bool is_test = f.rfind("test", 0) == 0;
-      (is_test ? test_files : train_files).push_back(find_file(where, f));
-    }
-    auto tr = read_cifar(train_files, c100, coarse);
-    auto te = read_cifar(test_files, c100, coarse);
+  const fs::path where = locate_dataset(name, dir);
+  auto paths = [&](const std::vector<std::string>& files) {
+    std::vector<fs::path> out;
+    for (const auto& f : files) out.push_back(find_file(where, f));
+    return out;
+  };
+  if (spec.layout != FileLayout::idx) {
+    const bool c100 = spec.layout != FileLayout::cifar10, coarse = spec.layout == FileLayout::cifar100_coarse;
+    auto tr = read_cifar(paths(spec.train_files), c100, coarse);
+    auto te = read_cifar(paths(spec.test_files), c100, coarse);
     splits.train = make_split(std::move(tr.pixels), tr.count, std::move(tr.labels), info);
     splits.test = make_split(std::move(te.pixels), te.count, std::move(te.labels), info);
     return splits;
   }
-  auto load_idx = [&](const std::string& prefix) {
-    fs::path ip = find_file(where, prefix + "-images-idx3-ubyte"), lp = find_file(where, prefix + "-labels-idx1-ubyte");
+  // IDX: each split's files are its images and its labels.
+  auto load_idx = [&](const std::vector<std::string>& files) {
+    const auto p = paths(files);
+    const fs::path &ip = p.at(0), &lp = p.at(1);
     auto imgs = read_idx_images(ip);
     if (imgs.rows != info.height || imgs.cols != info.width)
       fail(ip, "images are " + std::to_string(imgs.rows) + "x" + std::to_string(imgs.cols) + ", expected " +
@@ -329,8 +296,8 @@ DataSplits load_dataset(const std::string& name, const fs::path& dir) {
                    std::to_string(imgs.count) + " images");
     return make_split(std::move(imgs.pixels), imgs.count, std::move(labels), info);
   };
-  splits.train = load_idx("train");
-  splits.test = load_idx("t10k");
+  splits.train = load_idx(spec.train_files);
+  splits.test = load_idx(spec.test_files);
   return splits;
 }
 

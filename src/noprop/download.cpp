@@ -1,5 +1,7 @@
 #include "noprop/download.h"
 
+#include "noprop/datasets.h"
+
 #ifdef NOPROP_WITH_DOWNLOAD
 #include <archive.h>
 #include <archive_entry.h>
@@ -281,49 +283,16 @@ std::string md5_hex_of_file(const fs::path& p) {
 }
 #endif  // NOPROP_WITH_DOWNLOAD
 
-std::vector<std::string> download_datasets() { return {"mnist", "fashion-mnist", "cifar10", "cifar100"}; }
+std::vector<std::string> download_datasets() {
+  std::vector<std::string> names;
+  for (const auto& s : dataset_specs())
+    if (!s.download.mirrors.empty() && s.download.dataset == s.name) names.push_back(s.name);
+  return names;
+}
 
 DownloadSource download_source(const std::string& dataset) {
-  // MD5s as published with each data set (and used by torchvision and others).
-  if (dataset == "mnist")
-    return {"mnist",
-            "mnist",
-            {"https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/",
-             "http://yann.lecun.com/exdb/mnist/"},
-            {{"train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
-             {"train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"},
-             {"t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"},
-             {"t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"}},
-            {},
-            ""};
-  if (dataset == "fashion-mnist")
-    return {"fashion-mnist",
-            "fashion-mnist",
-            {"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"},
-            {{"train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
-             {"train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"},
-             {"t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"},
-             {"t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"}},
-            {},
-            ""};
-  // www.cs.toronto.edu/~kriz/ redirects to cave.cs.toronto.edu/kriz/; naming the latter too
-  // keeps the download working should the redirect go away.
-  if (dataset == "cifar10")
-    return {"cifar10",
-            "cifar10",
-            {"https://www.cs.toronto.edu/~kriz/", "https://cave.cs.toronto.edu/kriz/"},
-            {{"cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"}},
-            {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin",
-             "test_batch.bin"},
-            "cifar-10-batches-bin"};
-  if (dataset == "cifar100")
-    return {"cifar100",
-            "cifar100",
-            {"https://www.cs.toronto.edu/~kriz/", "https://cave.cs.toronto.edu/kriz/"},
-            {{"cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8"}},
-            {"train.bin", "test.bin"},
-            "cifar-100-binary"};
+  for (const auto& s : dataset_specs())
+    if (s.name == dataset && !s.download.mirrors.empty()) return s.download;
   std::string hint = closest_match(dataset, download_datasets());
   throw Error("unknown data set '" + dataset + "'" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
               "; known: " + join(download_datasets()));

@@ -1,4 +1,4 @@
-// Downloading the data sets: a catalogue of mirrors and published MD5s per data set, a libcurl
+// Downloading the data sets: mirrors and published MD5s (each data set's spec), a libcurl
 // downloader that falls back from mirror to mirror and never leaves a partial file behind, and
 // libarchive extraction of the few members the readers need. Free of torch (it links libcurl,
 // OpenSSL's libcrypto and libarchive only).
@@ -26,11 +26,11 @@ struct DownloadSource {
   std::string extract_dir;
 };
 
-// The catalogue entry for mnist, fashion-mnist, cifar10 or cifar100; an Error listing the valid
-// names otherwise.
+// The download of a registered data set (its DatasetSpec, datasets.h); an Error listing the
+// data sets that have one otherwise.
 DownloadSource download_source(const std::string& dataset);
 
-// The names download_source knows, in catalogue order.
+// The data sets that have a download of their own, in registry order.
 std::vector<std::string> download_datasets();
 
 struct DownloadOptions {

@@ -8,6 +8,8 @@
 #include <set>
 #include <sstream>
 
+#include "noprop/datasets.h"
+#include "noprop/methods/registry.h"
 #include "noprop/util.h"
 
 namespace fs = std::filesystem;
@@ -42,12 +44,11 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
+// Titles of registered names; a run of a method or data set this program does not know keeps
+// its name.
 std::string dataset_label(const std::string& name) {
-  if (name == "mnist") return "MNIST";
-  if (name == "fashion-mnist") return "Fashion-MNIST";
-  if (name == "cifar10") return "CIFAR-10";
-  if (name == "cifar100") return "CIFAR-100";
-  if (name == "cifar100-coarse") return "CIFAR-100 (20 superclasses)";
+  for (const auto& s : dataset_specs())
+    if (s.name == name) return s.title;
   return name;
 }
 
@@ -110,10 +111,9 @@ std::vector<std::string> RunRecord::loss_columns() const {
 }
 
 std::string RunRecord::method_label() const {
-  if (cfg.method == "backprop") return "backprop";
-  std::string m = cfg.method;
-  std::transform(m.begin(), m.end(), m.begin(), [](unsigned char c) { return char(std::toupper(c)); });
-  return "NoProp-" + m;
+  for (const auto& s : method_specs())
+    if (s.name == cfg.method) return s.title;
+  return cfg.method;
 }
 
 std::string RunRecord::dataset_label() const { return noprop::dataset_label(cfg.dataset); }
@@ -207,9 +207,12 @@ std::string compare_table(const std::vector<RunRecord>& runs, double target) {
 }
 
 std::string report_table(const std::vector<RunRecord>& runs) {
-  static const std::vector<std::string> kMethods{"backprop", "NoProp-DT", "NoProp-CT", "NoProp-FM"};
+  // Rows in the paper's method order (back-prop first), then any other registered method.
+  std::vector<std::string> method_order{method_spec("backprop").title};
+  for (const auto& s : method_specs())
+    if (s.name != "backprop") method_order.push_back(s.title);
   static const std::vector<std::string> kEmbeddings{"one-hot", "dim=20", "prototype"};
-  static const std::vector<std::string> kDatasets{"mnist", "fashion-mnist", "cifar10", "cifar100", "cifar100-coarse"};
+  const std::vector<std::string> dataset_order = dataset_names();
   struct Cell {
     std::vector<double> values;
     std::vector<std::string> runs;
@@ -241,7 +244,7 @@ std::string report_table(const std::vector<RunRecord>& runs) {
   std::vector<std::string> methods_seen, datasets_seen;
   for (const auto& [key, c] : cells)
     methods_seen.push_back(std::get<0>(key)), datasets_seen.push_back(std::get<2>(key));
-  const auto methods = order(kMethods, methods_seen), datasets = order(kDatasets, datasets_seen);
+  const auto methods = order(method_order, methods_seen), datasets = order(dataset_order, datasets_seen);
 
   std::ostringstream out;
   out << "| method |";

@@ -2,18 +2,20 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
+#include <memory>
 #include <sstream>
 
 #include "noprop/checkpoint.h"
 #include "noprop/distributed.h"
+#include "noprop/methods/registry.h"
 #include "noprop/plot.h"
 #include "noprop/runtime.h"
 #include "noprop/util.h"
@@ -223,347 +225,448 @@ double learning_rate_at(const Config& cfg, int64_t step, int64_t steps_per_epoch
   return lr;
 }
 
-nlohmann::json train(const RunOptions& opt) {
-  Config cfg = opt.cfg;
-  validate(cfg);
-  // Several processes: rank 0 (the lead) writes the run directory and prints; the others train.
-  auto dist = Distributed::from_environment(std::chrono::seconds(cfg.dist_timeout));
-  const bool lead = !dist || dist->lead();
-  const bool block_parallel = dist && cfg.method == "dt" && cfg.parallel == "block";
-  if (block_parallel) cfg.shared_update = "per_batch";  // recorded in config.yaml
-  // One GPU per local rank, as torchrun does.
-  if (dist && cfg.device == "cuda") cfg.device = "cuda:" + std::to_string(dist->local_rank());
-  const int threads = configure_threads(cfg.threads);
-  const torch::Device device = select_device(cfg.device);
-  const fs::path dir = opt.out_dir;
-  MemoryAccount memory;
+namespace {
 
-  // Everything that can fail on bad input happens before the run directory is touched.
-  const fs::path data_dir = resolve_data_dir(cfg.dataset, cfg.data_dir);
-  cfg.data_dir = data_dir.string();
-  memory.phase("data");
-  DataSplits data = load_dataset(cfg.dataset, data_dir);
-  if (cfg.train_samples > 0 && cfg.train_samples < data.train.size()) {
-    data.train.images = data.train.images.slice(0, 0, cfg.train_samples);
-    data.train.labels = data.train.labels.slice(0, 0, cfg.train_samples);
+// Fault injection for tests, read once from the environment: NOPROP_INJECT_NAN_AT_STEP=N makes
+// the images of global step N NaN (on_nonfinite); NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after
+// step N (interruption); NOPROP_EXIT_AT_STEP=N makes the last rank of a distributed run exit
+// abruptly after step N (a lost worker). -1: off.
+struct TestHooks {
+  int64_t nan_step = -1, interrupt_step = -1, exit_step = -1;
+  static TestHooks from_environment(bool last_rank) {
+    return {step_from_env("NOPROP_INJECT_NAN_AT_STEP"), step_from_env("NOPROP_INTERRUPT_AT_STEP"),
+            last_rank ? step_from_env("NOPROP_EXIT_AT_STEP") : -1};
   }
-  if (cfg.test_samples > 0 && cfg.test_samples < data.test.size()) {
-    data.test.images = data.test.images.slice(0, 0, cfg.test_samples);
-    data.test.labels = data.test.labels.slice(0, 0, cfg.test_samples);
-  }
-  TrainingState state;
-  // Whole storages: a train_samples slice keeps the whole split in memory.
-  auto storage_bytes = [](const torch::Tensor& t) { return double(t.storage().nbytes()); };
-  memory.item("data sets", storage_bytes(data.train.images) + storage_bytes(data.train.labels) +
-                               storage_bytes(data.test.images) + storage_bytes(data.test.labels));
+};
 
-  memory.phase("model");
-  torch::manual_seed(uint64_t(cfg.seed));
-  auto method = make_method(cfg, data.info, &data.train, device);
-  if (lead) check_free_space(dir, method->parameter_count());
-  if (opt.resume) {
-    state = load_checkpoint(dir / "final.pt", *method, /*restore_rng=*/true);
-  } else {
-    if (lead) prepare_run_dir(dir);
-    state.config_name = opt.config_name;
-  }
-  method->set_distributed(dist.get());
-  state.config_yaml = to_yaml(cfg);
-  if (lead) write_file_atomic(dir / "config.yaml", state.config_yaml);
-  // The training set lives on the device, except when augmentation (a CPU kernel) needs it.
-  if (device.is_cuda() && !cfg.augment) {
-    data.train.images = data.train.images.to(device), data.train.labels = data.train.labels.to(device);
-  }
+// One run, as a sequence: set-up (data, method, run directory, resumption), then per epoch the
+// batches, the evaluation, the log and checkpoints and the stop decision, then the summary.
+class Trainer {
+ public:
+  explicit Trainer(const RunOptions& opt);
+  nlohmann::json run();
 
-  const auto loss_names = method->loss_names();
-  const InferenceOptions inference = inference_options(cfg);
-  std::vector<std::string> columns{"epoch"};
-  columns.insert(columns.end(), loss_names.begin(), loss_names.end());
-  columns.insert(columns.end(), {"nonfinite_skipped", "test_accuracy", "train_accuracy", "seconds", "eval_seconds",
-                                 "samples_per_second"});
-  CsvLog metrics(dir / "metrics.csv", columns);
-  std::vector<std::string> batch_columns{"epoch", "pass", "batch"};
-  batch_columns.insert(batch_columns.end(), loss_names.begin(), loss_names.end());
-  CsvLog batches(dir / "batches.csv", batch_columns);
-  if (opt.resume) {
-    metrics.load_existing(state.epoch);
-    // An interrupted epoch flushed its per-batch rows up to the interruption.
-    if (cfg.detailed_logging) batches.load_existing(state.epoch + (state.in_epoch_batches >= 0 ? 1 : 0));
-  }
-
-  Progress progress(opt.quiet || !lead, cfg.log_interval);
-  progress.line("run " + dir.string() + ": " + cfg.method + " on " + cfg.dataset + ", " +
-                std::to_string(method->parameter_count()) + " parameters, " + std::to_string(threads) +
-                " threads, device " + device.str() +
-                (dist ? ", " + std::to_string(dist->world()) + " workers (" +
-                            (method->data_parallel() ? "data" : "block") + "-parallel)"
-                      : "") +
-                (opt.resume
-                     ? ", resuming after epoch " + std::to_string(state.epoch) +
-                           (state.in_epoch_batches >= 0 ? " and " + std::to_string(state.in_epoch_batches) +
-                                                              " batches of epoch " + std::to_string(state.epoch + 1)
-                                                        : "")
-                     : ""));
-
-  // Fault injection for tests: NOPROP_INJECT_NAN_AT_STEP=N makes the images of global step N
-  // NaN (on_nonfinite); NOPROP_INTERRUPT_AT_STEP=N raises SIGINT after step N (interruption).
-  const int64_t inject_step = step_from_env("NOPROP_INJECT_NAN_AT_STEP");
-  const int64_t interrupt_step = step_from_env("NOPROP_INTERRUPT_AT_STEP");
-  // NOPROP_EXIT_AT_STEP=N makes the last rank of a distributed run exit abruptly after step N.
-  const int64_t exit_step = dist && dist->rank() == dist->world() - 1 ? step_from_env("NOPROP_EXIT_AT_STEP") : -1;
-  // Data-parallel: this rank's rows of each batch.
-  const bool shard = dist && method->data_parallel();
-  const int64_t n = data.train.size(), B = cfg.batch_size;
-  const int64_t batches_per_pass = (n + B - 1) / B;
-  const int passes = method->passes_per_epoch();
-  if (state.in_epoch_batches >= 0) {
-    const auto& p = state.permutation;
-    const auto k = int64_t(loss_names.size());
-    if (!p.defined() || p.dim() != 1 || p.numel() != n || p.scalar_type() != torch::kInt64 || state.pass < 0 ||
-        state.pass >= passes || state.in_epoch_batches > batches_per_pass * passes ||
-        state.in_epoch_batches < state.pass * batches_per_pass || !state.loss_sums.defined() ||
-        state.loss_sums.numel() != k || !state.loss_counts.defined() || state.loss_counts.numel() != k ||
-        state.loss_counts.scalar_type() != torch::kInt64)
-      throw Error((dir / "final.pt").string() + ": its interrupted-epoch state does not match this run");
-  }
-  const bool scheduled_lr = cfg.lr_schedule != "constant" || cfg.warmup_epochs > 0;
-  double train_seconds_total = 0;
-  int64_t epochs_run = 0;
-  std::string stop_reason = "epochs";
-  EvalResult last_eval;
-  double last_eval_acc = -1;
-
-  // Each checkpoint is a phase of the memory account.
-  auto checkpoint = [&](const fs::path& path) {
-    memory.phase("checkpoint");
-    save_checkpoint(path, *method, state);
-  };
-  bool first_step = true;
-  StopSignals stop_signals;
-  for (int64_t epoch = state.epoch + 1; epoch <= cfg.epochs; ++epoch) {
-    release_free_memory();
-    memory.phase(first_step ? "first step" : "training");
-    method->set_training(true);
-    const auto t0 = Clock::now();
-    std::vector<torch::Tensor> sums(loss_names.size());
-    std::vector<int64_t> counts(loss_names.size(), 0);
+ private:
+  // The running totals of an epoch, which an interruption saves and a resumption restores.
+  struct EpochTotals {
+    std::vector<torch::Tensor> sums;
+    std::vector<int64_t> counts;
     int64_t samples = 0, done = 0, skipped = 0;
     double seconds_before = 0;  // training time of this epoch before an interruption
-    // Resuming inside this epoch: its batch order, position and running sums come back.
-    const bool mid = state.in_epoch_batches >= 0;
-    if (mid) {
-      done = state.in_epoch_batches, samples = state.samples, skipped = state.skipped;
-      seconds_before = state.train_seconds;
-      for (std::size_t i = 0; i < sums.size(); ++i) {
-        counts[i] = state.loss_counts[int64_t(i)].item<int64_t>();
-        if (counts[i]) sums[i] = state.loss_sums[int64_t(i)].to(device);
-      }
-    }
-    const int64_t total = batches_per_pass * passes;
-    for (int pass = mid ? int(state.pass) : 0; pass < passes; ++pass) {
-      const bool resumed_pass = mid && pass == state.pass;
-      auto perm = resumed_pass ? state.permutation : torch::randperm(n, torch::kInt64);
-      perm = perm.to(data.train.images.device());
-      for (int64_t b = resumed_pass ? done - pass * batches_per_pass : 0; b < batches_per_pass; ++b) {
-        int sig = StopSignals::pending();
-        if (dist) sig = int(dist->max(sig));  // every rank stops at the same batch
-        if (sig) {
-          // Save where this epoch stands and stop; --resume continues from this batch.
-          method->synchronise();
-          state.in_epoch_batches = done, state.pass = pass, state.permutation = perm;
-          state.samples = samples, state.skipped = skipped, state.train_seconds = seconds_before + seconds_since(t0);
-          state.loss_sums = torch::full({int64_t(sums.size())}, NAN);
-          state.loss_counts = torch::tensor(counts, torch::kInt64);
-          for (std::size_t i = 0; i < sums.size(); ++i)
-            if (counts[i]) state.loss_sums[int64_t(i)] = sums[i].to(torch::kCPU);
-          if (lead) checkpoint(dir / "final.pt");
-          if (lead && cfg.detailed_logging) batches.flush();
-          throw interrupted(
-              sig, "epoch " + std::to_string(epoch) + ", batch " + std::to_string(done) + "/" + std::to_string(total),
-              dir);
-        }
-        auto idx = perm.slice(0, b * B, std::min(n, (b + 1) * B));
-        ++done;
-        const int64_t world = shard ? dist->world() : 1;
-        if (idx.size(0) < 2 * world) continue;  // batch norm needs two samples (per rank)
-        if (shard) {
-          const int64_t m = idx.size(0), r = dist->rank();
-          idx = idx.slice(0, r * m / world, (r + 1) * m / world);
-        }
-        auto x = data.train.select(idx);
-        auto y = data.train.labels.index_select(0, idx);
-        if (cfg.augment) augment_batch(x, 4);
-        if (state.step + 1 == inject_step) x = torch::full_like(x, NAN);
-        if (scheduled_lr) method->set_learning_rate(learning_rate_at(cfg, state.step, batches_per_pass * passes));
-        auto losses = method->train_step(x.to(device), y.to(device), pass);
-        ++state.step;
-        if (first_step) {
-          // Gradients and optimizer state exist from the first step on.
-          first_step = false;
-          double params = 0, grads = 0, opt_state = 0;
-          for (const auto& p : method->parameters()) params += tensor_bytes(p), grads += tensor_bytes(p.grad());
-          for (auto* o : method->optimizers()) opt_state += optimizer_state_bytes(*o);
-          memory.item("parameters", params);
-          memory.item("gradients", grads);
-          memory.item("optimizer state", opt_state);
-          memory.phase("training");
-        }
-        if (state.step == interrupt_step) std::raise(SIGINT);
-        if (state.step == exit_step) std::_Exit(3);
-        if (auto bad = method->take_nonfinite(); !bad.empty()) {
-          const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " +
-                                    std::to_string(b + 1) + (passes > 1 ? " of pass " + std::to_string(pass + 1) : "");
-          if (cfg.on_nonfinite == "stop")
-            throw Error(
-                "non-finite loss or gradient in " + where +
-                "; stopped before it reached the weights (on_nonfinite: stop). The last epoch's final.pt is intact");
-          if (skipped < 3) progress.line("warning: non-finite loss or gradient in " + where + ": update skipped");
-          skipped += int64_t(bad.size());
-        }
-        samples += idx.size(0) * world;
-        for (std::size_t i = 0; i < losses.size(); ++i) {
-          if (!losses[i].defined()) continue;
-          sums[i] = sums[i].defined() ? sums[i] + losses[i] : losses[i];
-          ++counts[i];
-        }
-        if (cfg.detailed_logging) {
-          std::vector<double> row{double(epoch), double(pass + 1), double(b + 1)};
-          for (const auto& l : losses) row.push_back(l.defined() ? l.item<double>() : NAN);
-          batches.add(row);
-        }
-        const double el = seconds_since(t0);
-        std::string extra;
-        // Reading the loss synchronises; do it only when a line is printed anyway.
-        if ((done % cfg.log_interval == 0 || done == total) && counts.back() > 0)
-          extra = "  loss " + csv_number(sums.back().item<double>() / double(counts.back()));
-        progress.update("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), done, total,
-                        double(samples) / el, el / double(done) * double(total - done), extra);
-      }
-    }
-    const double train_s = seconds_before + seconds_since(t0);
-    state.in_epoch_batches = -1;
-    method->synchronise();
-    if (shard) {
-      // Each rank averaged its own rows: the epoch's losses are the mean over the ranks.
-      for (std::size_t i = 0; i < sums.size(); ++i)
-        if (!sums[i].defined()) sums[i] = torch::zeros({}, device);
-      dist->allreduce_sum(sums);
-      for (auto& v : sums) v.div_(double(dist->world()));
-    }
-    train_seconds_total += train_s;
-    ++epochs_run;
+  };
+  void load_data();
+  void build_method();
+  void open_logs();
+  void check_resumed_epoch() const;
+  EpochTotals resume_totals();
+  // The epoch's batches; returns its training seconds.
+  double train_epoch(int64_t epoch, EpochTotals& totals);
+  void train_batch(int64_t epoch, int pass, int64_t b, const torch::Tensor& perm, EpochTotals& totals);
+  void account_first_step();
+  // Saves where the epoch stands into final.pt and returns the error that ends the run.
+  Interrupted interrupt(int sig, int64_t epoch, int pass, const torch::Tensor& perm, const EpochTotals& totals,
+                        double seconds);
+  // Evaluation, metrics row, checkpoints and progress line at the end of an epoch.
+  void finish_epoch(int64_t epoch, EpochTotals& totals, double train_s);
+  // Whether to stop after `epoch` (early stopping); throws Interrupted on a pending signal.
+  bool stop_after(int64_t epoch);
+  void checkpoint(const fs::path& path);
+  nlohmann::json summarise();
 
+  const RunOptions& opt_;
+  Config cfg_;
+  std::unique_ptr<Distributed> dist_;
+  bool lead_ = true;
+  int threads_ = 1;
+  torch::Device device_ = torch::kCPU;
+  fs::path dir_;
+  MemoryAccount memory_;
+  DataSplits data_;
+  TrainingState state_;
+  std::unique_ptr<Method> method_;
+  std::vector<std::string> loss_names_;
+  InferenceOptions inference_;
+  std::unique_ptr<CsvLog> metrics_, batches_;
+  std::unique_ptr<Progress> progress_;
+  TestHooks hooks_;
+  bool shard_ = false;  // data-parallel: this rank trains on its rows of each batch
+  int64_t n_ = 0, batch_ = 0, batches_per_pass_ = 0;
+  int passes_ = 1;
+  bool scheduled_lr_ = false;
+  double train_seconds_total_ = 0;
+  int64_t epochs_run_ = 0;
+  std::string stop_reason_ = "epochs";
+  bool first_step_ = true;
+  double last_test_accuracy_ = -1;
+};
+
+Trainer::Trainer(const RunOptions& opt) : opt_(opt), cfg_(opt.cfg) {
+  validate(cfg_);
+  // Several processes: rank 0 (the lead) writes the run directory and prints; the others train.
+  dist_ = Distributed::from_environment(std::chrono::seconds(cfg_.dist_timeout));
+  lead_ = !dist_ || dist_->lead();
+  const bool block_parallel = dist_ && method_spec(cfg_.method).block_parallel && cfg_.parallel == "block";
+  if (block_parallel) cfg_.shared_update = "per_batch";  // recorded in config.yaml
+  // One GPU per local rank, as torchrun does.
+  if (dist_ && cfg_.device == "cuda") cfg_.device = "cuda:" + std::to_string(dist_->local_rank());
+  threads_ = configure_threads(cfg_.threads);
+  device_ = select_device(cfg_.device);
+  dir_ = opt.out_dir;
+  hooks_ = TestHooks::from_environment(dist_ && dist_->rank() == dist_->world() - 1);
+  // Everything that can fail on bad input happens before the run directory is touched.
+  load_data();
+  build_method();
+  open_logs();
+}
+
+void Trainer::load_data() {
+  const fs::path data_dir = resolve_data_dir(cfg_.dataset, cfg_.data_dir);
+  cfg_.data_dir = data_dir.string();
+  memory_.phase("data");
+  data_ = load_dataset(cfg_.dataset, data_dir);
+  auto first = [](Dataset& d, int64_t k) {
+    if (k > 0 && k < d.size()) d.images = d.images.slice(0, 0, k), d.labels = d.labels.slice(0, 0, k);
+  };
+  first(data_.train, cfg_.train_samples);
+  first(data_.test, cfg_.test_samples);
+  // Whole storages: a train_samples slice keeps the whole split in memory.
+  auto storage_bytes = [](const torch::Tensor& t) { return double(t.storage().nbytes()); };
+  memory_.item("data sets", storage_bytes(data_.train.images) + storage_bytes(data_.train.labels) +
+                                storage_bytes(data_.test.images) + storage_bytes(data_.test.labels));
+}
+
+void Trainer::build_method() {
+  memory_.phase("model");
+  torch::manual_seed(uint64_t(cfg_.seed));
+  method_ = make_method(cfg_, data_.info, &data_.train, device_);
+  if (lead_) check_free_space(dir_, method_->parameter_count());
+  if (opt_.resume) {
+    state_ = load_checkpoint(dir_ / "final.pt", *method_, /*restore_rng=*/true);
+  } else {
+    if (lead_) prepare_run_dir(dir_);
+    state_.config_name = opt_.config_name;
+  }
+  method_->set_distributed(dist_.get());
+  state_.config_yaml = to_yaml(cfg_);
+  if (lead_) write_file_atomic(dir_ / "config.yaml", state_.config_yaml);
+  // The training set lives on the device, except when augmentation (a CPU kernel) needs it.
+  if (device_.is_cuda() && !cfg_.augment) {
+    data_.train.images = data_.train.images.to(device_), data_.train.labels = data_.train.labels.to(device_);
+  }
+  loss_names_ = method_->loss_names();
+  inference_ = inference_options(cfg_);
+  shard_ = dist_ && method_->data_parallel();
+  n_ = data_.train.size(), batch_ = cfg_.batch_size;
+  batches_per_pass_ = (n_ + batch_ - 1) / batch_;
+  passes_ = method_->passes_per_epoch();
+  scheduled_lr_ = cfg_.lr_schedule != "constant" || cfg_.warmup_epochs > 0;
+  check_resumed_epoch();
+}
+
+void Trainer::open_logs() {
+  std::vector<std::string> columns{"epoch"};
+  columns.insert(columns.end(), loss_names_.begin(), loss_names_.end());
+  columns.insert(columns.end(), {"nonfinite_skipped", "test_accuracy", "train_accuracy", "seconds", "eval_seconds",
+                                 "samples_per_second"});
+  metrics_ = std::make_unique<CsvLog>(dir_ / "metrics.csv", columns);
+  std::vector<std::string> batch_columns{"epoch", "pass", "batch"};
+  batch_columns.insert(batch_columns.end(), loss_names_.begin(), loss_names_.end());
+  batches_ = std::make_unique<CsvLog>(dir_ / "batches.csv", batch_columns);
+  if (opt_.resume) {
+    metrics_->load_existing(state_.epoch);
+    // An interrupted epoch flushed its per-batch rows up to the interruption.
+    if (cfg_.detailed_logging) batches_->load_existing(state_.epoch + (state_.in_epoch_batches >= 0 ? 1 : 0));
+  }
+  progress_ = std::make_unique<Progress>(opt_.quiet || !lead_, cfg_.log_interval);
+  progress_->line("run " + dir_.string() + ": " + cfg_.method + " on " + cfg_.dataset + ", " +
+                  std::to_string(method_->parameter_count()) + " parameters, " + std::to_string(threads_) +
+                  " threads, device " + device_.str() +
+                  (dist_ ? ", " + std::to_string(dist_->world()) + " workers (" +
+                               (method_->data_parallel() ? "data" : "block") + "-parallel)"
+                         : "") +
+                  (opt_.resume
+                       ? ", resuming after epoch " + std::to_string(state_.epoch) +
+                             (state_.in_epoch_batches >= 0 ? " and " + std::to_string(state_.in_epoch_batches) +
+                                                                 " batches of epoch " + std::to_string(state_.epoch + 1)
+                                                           : "")
+                       : ""));
+}
+
+void Trainer::check_resumed_epoch() const {
+  if (state_.in_epoch_batches < 0) return;
+  const auto& p = state_.permutation;
+  const auto k = int64_t(loss_names_.size());
+  if (!p.defined() || p.dim() != 1 || p.numel() != n_ || p.scalar_type() != torch::kInt64 || state_.pass < 0 ||
+      state_.pass >= passes_ || state_.in_epoch_batches > batches_per_pass_ * passes_ ||
+      state_.in_epoch_batches < state_.pass * batches_per_pass_ || !state_.loss_sums.defined() ||
+      state_.loss_sums.numel() != k || !state_.loss_counts.defined() || state_.loss_counts.numel() != k ||
+      state_.loss_counts.scalar_type() != torch::kInt64)
+    throw Error((dir_ / "final.pt").string() + ": its interrupted-epoch state does not match this run");
+}
+
+nlohmann::json Trainer::run() {
+  StopSignals stop_signals;
+  for (int64_t epoch = state_.epoch + 1; epoch <= cfg_.epochs; ++epoch) {
     release_free_memory();
-    memory.phase("evaluation");
-    const auto te0 = Clock::now();
-    last_eval = evaluate(*method, data.test, 1, inference, cfg.inference_seed, cfg.eval_batch_size, device);
-    last_eval_acc = last_eval.mean;
-    double train_acc = NAN;
-    if (cfg.train_eval)
-      train_acc = evaluate(*method, data.train, 1, inference, cfg.inference_seed, cfg.eval_batch_size, device).mean;
-    const double eval_s = seconds_since(te0);
+    memory_.phase(first_step_ ? "first step" : "training");
+    EpochTotals totals = resume_totals();
+    const double train_s = train_epoch(epoch, totals);
+    finish_epoch(epoch, totals, train_s);
+    if (stop_after(epoch)) break;
+  }
+  if (!lead_) return nullptr;  // the lead evaluates and reports; the others are done
+  return summarise();
+}
 
-    std::vector<double> row{double(epoch)};
-    for (std::size_t i = 0; i < sums.size(); ++i)
-      row.push_back(counts[i] ? sums[i].item<double>() / double(counts[i]) : NAN);
-    row.insert(row.end(), {double(skipped), last_eval_acc, train_acc, train_s, eval_s, double(samples) / train_s});
-    metrics.add(row);
-    if (lead) metrics.flush();
-    if (lead && cfg.detailed_logging) batches.flush();
-
-    state.epoch = epoch;
-    bool improved = last_eval_acc > state.best_test_accuracy;
-    if (improved) state.best_test_accuracy = last_eval_acc, state.best_epoch = epoch;
-    release_free_memory();
-    if (lead && cfg.save_final) checkpoint(dir / "final.pt");
-    if (lead && cfg.save_best && improved) checkpoint(dir / "best.pt");
-    if (lead && cfg.checkpoint_every > 0 && epoch % cfg.checkpoint_every == 0)
-      checkpoint(dir / ("epoch_" + std::to_string(epoch) + ".pt"));
-
-    std::ostringstream msg;
-    msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg.epochs << "  loss "
-        << row[loss_names.size()] << (skipped ? "  skipped updates " + std::to_string(skipped) : "")
-        << "  test accuracy " << last_eval_acc << "%"
-        << (cfg.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
-        << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(samples) / train_s
-        << " samples/s";
-    progress.line(msg.str());
-
-    int sig = StopSignals::pending();
-    // Ranks decide together: the lead's evaluation (data-parallel ranks differ in their
-    // batch-norm statistics) and any rank's signal.
-    bool reached = cfg.early_stopping && last_eval_acc >= cfg.early_stopping_accuracy;
-    if (dist) sig = int(dist->max(sig)), reached = dist->max(lead && reached) != 0;
-    if (sig && epoch < cfg.epochs) {
-      if (lead && !cfg.save_final) checkpoint(dir / "final.pt");
-      throw interrupted(sig, "the end of epoch " + std::to_string(epoch), dir);
-    }
-    if (reached) {
-      stop_reason = "early_stopping";
-      progress.line("early stopping: test accuracy " + csv_number(last_eval_acc) + "% reached the target " +
-                    csv_number(cfg.early_stopping_accuracy) + "%");
-      break;
+Trainer::EpochTotals Trainer::resume_totals() {
+  EpochTotals t;
+  t.sums.resize(loss_names_.size());
+  t.counts.assign(loss_names_.size(), 0);
+  // Resuming inside this epoch: its position and running sums come back.
+  if (state_.in_epoch_batches >= 0) {
+    t.done = state_.in_epoch_batches, t.samples = state_.samples, t.skipped = state_.skipped;
+    t.seconds_before = state_.train_seconds;
+    for (std::size_t i = 0; i < t.sums.size(); ++i) {
+      t.counts[i] = state_.loss_counts[int64_t(i)].item<int64_t>();
+      if (t.counts[i]) t.sums[i] = state_.loss_sums[int64_t(i)].to(device_);
     }
   }
+  return t;
+}
 
-  if (!lead) return nullptr;  // the lead evaluates and reports; the others are done
+double Trainer::train_epoch(int64_t epoch, EpochTotals& totals) {
+  method_->set_training(true);
+  const auto t0 = Clock::now();
+  const bool mid = state_.in_epoch_batches >= 0;
+  for (int pass = mid ? int(state_.pass) : 0; pass < passes_; ++pass) {
+    const bool resumed_pass = mid && pass == state_.pass;
+    auto perm = resumed_pass ? state_.permutation : torch::randperm(n_, torch::kInt64);
+    perm = perm.to(data_.train.images.device());
+    for (int64_t b = resumed_pass ? totals.done - pass * batches_per_pass_ : 0; b < batches_per_pass_; ++b) {
+      int sig = StopSignals::pending();
+      if (dist_) sig = int(dist_->max(sig));  // every rank stops at the same batch
+      if (sig) throw interrupt(sig, epoch, pass, perm, totals, totals.seconds_before + seconds_since(t0));
+      train_batch(epoch, pass, b, perm, totals);
+      const double el = seconds_since(t0);
+      const int64_t total = batches_per_pass_ * passes_;
+      std::string extra;
+      // Reading the loss synchronises; do it only when a line is printed anyway.
+      if ((totals.done % cfg_.log_interval == 0 || totals.done == total) && totals.counts.back() > 0)
+        extra = "  loss " + csv_number(totals.sums.back().item<double>() / double(totals.counts.back()));
+      progress_->update("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg_.epochs), totals.done, total,
+                        double(totals.samples) / el, el / double(totals.done) * double(total - totals.done), extra);
+    }
+  }
+  const double train_s = totals.seconds_before + seconds_since(t0);
+  state_.in_epoch_batches = -1;
+  method_->synchronise();
+  if (shard_) {
+    // Each rank averaged its own rows: the epoch's losses are the mean over the ranks.
+    for (auto& v : totals.sums)
+      if (!v.defined()) v = torch::zeros({}, device_);
+    dist_->allreduce_sum(totals.sums);
+    for (auto& v : totals.sums) v.div_(double(dist_->world()));
+  }
+  train_seconds_total_ += train_s;
+  ++epochs_run_;
+  return train_s;
+}
 
-  // Final evaluation: several stochastic inference runs of the final model.
+void Trainer::train_batch(int64_t epoch, int pass, int64_t b, const torch::Tensor& perm, EpochTotals& totals) {
+  auto idx = perm.slice(0, b * batch_, std::min(n_, (b + 1) * batch_));
+  ++totals.done;
+  const int64_t world = shard_ ? dist_->world() : 1;
+  if (idx.size(0) < 2 * world) return;  // batch norm needs two samples (per rank)
+  if (shard_) {
+    const int64_t m = idx.size(0), r = dist_->rank();
+    idx = idx.slice(0, r * m / world, (r + 1) * m / world);
+  }
+  auto x = data_.train.select(idx);
+  auto y = data_.train.labels.index_select(0, idx);
+  if (cfg_.augment) augment_batch(x, 4);
+  if (state_.step + 1 == hooks_.nan_step) x = torch::full_like(x, NAN);
+  if (scheduled_lr_) method_->set_learning_rate(learning_rate_at(cfg_, state_.step, batches_per_pass_ * passes_));
+  auto losses = method_->train_step(x.to(device_), y.to(device_), pass);
+  ++state_.step;
+  if (first_step_) account_first_step();
+  if (state_.step == hooks_.interrupt_step) std::raise(SIGINT);
+  if (state_.step == hooks_.exit_step) std::_Exit(3);
+  if (auto bad = method_->take_nonfinite(); !bad.empty()) {
+    const std::string where = join(bad) + " at epoch " + std::to_string(epoch) + ", batch " + std::to_string(b + 1) +
+                              (passes_ > 1 ? " of pass " + std::to_string(pass + 1) : "");
+    if (cfg_.on_nonfinite == "stop")
+      throw Error("non-finite loss or gradient in " + where +
+                  "; stopped before it reached the weights (on_nonfinite: stop). The last epoch's final.pt is intact");
+    if (totals.skipped < 3) progress_->line("warning: non-finite loss or gradient in " + where + ": update skipped");
+    totals.skipped += int64_t(bad.size());
+  }
+  totals.samples += idx.size(0) * world;
+  for (std::size_t i = 0; i < losses.size(); ++i) {
+    if (!losses[i].defined()) continue;
+    totals.sums[i] = totals.sums[i].defined() ? totals.sums[i] + losses[i] : losses[i];
+    ++totals.counts[i];
+  }
+  if (cfg_.detailed_logging) {
+    std::vector<double> row{double(epoch), double(pass + 1), double(b + 1)};
+    for (const auto& l : losses) row.push_back(l.defined() ? l.item<double>() : NAN);
+    batches_->add(row);
+  }
+}
+
+// Gradients and optimizer state exist from the first step on.
+void Trainer::account_first_step() {
+  first_step_ = false;
+  double params = 0, grads = 0, opt_state = 0;
+  for (const auto& p : method_->parameters()) params += tensor_bytes(p), grads += tensor_bytes(p.grad());
+  for (auto* o : method_->optimizers()) opt_state += optimizer_state_bytes(*o);
+  memory_.item("parameters", params);
+  memory_.item("gradients", grads);
+  memory_.item("optimizer state", opt_state);
+  memory_.phase("training");
+}
+
+Interrupted Trainer::interrupt(int sig, int64_t epoch, int pass, const torch::Tensor& perm, const EpochTotals& totals,
+                               double seconds) {
+  // Save where this epoch stands and stop; --resume continues from this batch.
+  method_->synchronise();
+  state_.in_epoch_batches = totals.done, state_.pass = pass, state_.permutation = perm;
+  state_.samples = totals.samples, state_.skipped = totals.skipped, state_.train_seconds = seconds;
+  state_.loss_sums = torch::full({int64_t(totals.sums.size())}, NAN);
+  state_.loss_counts = torch::tensor(totals.counts, torch::kInt64);
+  for (std::size_t i = 0; i < totals.sums.size(); ++i)
+    if (totals.counts[i]) state_.loss_sums[int64_t(i)] = totals.sums[i].to(torch::kCPU);
+  if (lead_) checkpoint(dir_ / "final.pt");
+  if (lead_ && cfg_.detailed_logging) batches_->flush();
+  return interrupted(sig,
+                     "epoch " + std::to_string(epoch) + ", batch " + std::to_string(totals.done) + "/" +
+                         std::to_string(batches_per_pass_ * passes_),
+                     dir_);
+}
+
+void Trainer::checkpoint(const fs::path& path) {
+  memory_.phase("checkpoint");  // each checkpoint is a phase of the memory account
+  save_checkpoint(path, *method_, state_);
+}
+
+void Trainer::finish_epoch(int64_t epoch, EpochTotals& totals, double train_s) {
   release_free_memory();
-  memory.phase("final evaluation");
+  memory_.phase("evaluation");
+  const auto te0 = Clock::now();
+  const double test_acc =
+      evaluate(*method_, data_.test, 1, inference_, cfg_.inference_seed, cfg_.eval_batch_size, device_).mean;
+  double train_acc = NAN;
+  if (cfg_.train_eval)
+    train_acc = evaluate(*method_, data_.train, 1, inference_, cfg_.inference_seed, cfg_.eval_batch_size, device_).mean;
+  const double eval_s = seconds_since(te0);
+
+  std::vector<double> row{double(epoch)};
+  for (std::size_t i = 0; i < totals.sums.size(); ++i)
+    row.push_back(totals.counts[i] ? totals.sums[i].item<double>() / double(totals.counts[i]) : NAN);
+  row.insert(row.end(),
+             {double(totals.skipped), test_acc, train_acc, train_s, eval_s, double(totals.samples) / train_s});
+  metrics_->add(row);
+  if (lead_) metrics_->flush();
+  if (lead_ && cfg_.detailed_logging) batches_->flush();
+
+  state_.epoch = epoch;
+  const bool improved = test_acc > state_.best_test_accuracy;
+  if (improved) state_.best_test_accuracy = test_acc, state_.best_epoch = epoch;
+  last_test_accuracy_ = test_acc;
+  release_free_memory();
+  if (lead_ && cfg_.save_final) checkpoint(dir_ / "final.pt");
+  if (lead_ && cfg_.save_best && improved) checkpoint(dir_ / "best.pt");
+  if (lead_ && cfg_.checkpoint_every > 0 && epoch % cfg_.checkpoint_every == 0)
+    checkpoint(dir_ / ("epoch_" + std::to_string(epoch) + ".pt"));
+
+  std::ostringstream msg;
+  msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg_.epochs << "  loss "
+      << row[loss_names_.size()] << (totals.skipped ? "  skipped updates " + std::to_string(totals.skipped) : "")
+      << "  test accuracy " << test_acc << "%"
+      << (cfg_.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
+      << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(totals.samples) / train_s
+      << " samples/s";
+  progress_->line(msg.str());
+}
+
+bool Trainer::stop_after(int64_t epoch) {
+  int sig = StopSignals::pending();
+  // Ranks decide together: the lead's evaluation (data-parallel ranks differ in their
+  // batch-norm statistics) and any rank's signal.
+  bool reached = cfg_.early_stopping && last_test_accuracy_ >= cfg_.early_stopping_accuracy;
+  if (dist_) sig = int(dist_->max(sig)), reached = dist_->max(lead_ && reached) != 0;
+  if (sig && epoch < cfg_.epochs) {
+    if (lead_ && !cfg_.save_final) checkpoint(dir_ / "final.pt");
+    throw interrupted(sig, "the end of epoch " + std::to_string(epoch), dir_);
+  }
+  if (!reached) return false;
+  stop_reason_ = "early_stopping";
+  progress_->line("early stopping: test accuracy " + csv_number(last_test_accuracy_) + "% reached the target " +
+                  csv_number(cfg_.early_stopping_accuracy) + "%");
+  return true;
+}
+
+// Final evaluation (several stochastic inference runs of the final model), summary.json, the
+// memory table and the figure.
+nlohmann::json Trainer::summarise() {
+  release_free_memory();
+  memory_.phase("final evaluation");
   const auto tf0 = Clock::now();
-  EvalResult final_eval = evaluate(*method, data.test, inference.noise ? cfg.inference_runs : 1, inference,
-                                   cfg.inference_seed, cfg.eval_batch_size, device);
+  EvalResult final_eval = evaluate(*method_, data_.test, inference_.noise ? cfg_.inference_runs : 1, inference_,
+                                   cfg_.inference_seed, cfg_.eval_batch_size, device_);
   const double final_eval_s = seconds_since(tf0);
   const double per_batch_eval = final_eval_s / double(final_eval.runs.size());
 
   nlohmann::json summary = {
-      {"config", state.config_name},
-      {"method", cfg.method},
-      {"dataset", cfg.dataset},
-      {"architecture", cfg.architecture},
-      {"embedding", cfg.embedding},
+      {"config", state_.config_name},
+      {"method", cfg_.method},
+      {"dataset", cfg_.dataset},
+      {"architecture", cfg_.architecture},
+      {"embedding", cfg_.embedding},
       {"test_accuracy", final_eval.mean},
       {"test_accuracy_std", final_eval.stddev},
       {"test_accuracy_runs", final_eval.runs},
-      {"best_test_accuracy", state.best_test_accuracy},
-      {"best_epoch", state.best_epoch},
-      {"epochs", state.epoch},
-      {"stopped_by", stop_reason},
-      {"seconds_per_epoch", epochs_run ? train_seconds_total / double(epochs_run) : NAN},
-      {"samples_per_second", epochs_run ? double(n) * passes * double(epochs_run) / train_seconds_total : NAN},
-      {"inference_images_per_second", double(data.test.size()) / per_batch_eval},
+      {"best_test_accuracy", state_.best_test_accuracy},
+      {"best_epoch", state_.best_epoch},
+      {"epochs", state_.epoch},
+      {"stopped_by", stop_reason_},
+      {"seconds_per_epoch", epochs_run_ ? train_seconds_total_ / double(epochs_run_) : NAN},
+      {"samples_per_second", epochs_run_ ? double(n_) * passes_ * double(epochs_run_) / train_seconds_total_ : NAN},
+      {"inference_images_per_second", double(data_.test.size()) / per_batch_eval},
       {"inference",
-       {{"noise", inference.noise},
-        {"steps", inference.steps},
-        {"solver", inference.solver},
-        {"sampler", inference.sampler}}},
-      {"peak_rss_mb", memory.peak_mb()},
-      {"memory", memory.json()},
-      {"parameters", method->parameter_count()},
-      {"threads", threads},
-      {"workers", dist ? dist->world() : 1},
-      {"device", device.str()},
+       {{"noise", inference_.noise},
+        {"steps", inference_.steps},
+        {"solver", to_string(inference_.solver)},
+        {"sampler", to_string(inference_.sampler)}}},
+      {"peak_rss_mb", memory_.peak_mb()},
+      {"memory", memory_.json()},
+      {"parameters", method_->parameter_count()},
+      {"threads", threads_},
+      {"workers", dist_ ? dist_->world() : 1},
+      {"device", device_.str()},
       {"torch_version", torch_version()},
-      {"steps", state.step},
+      {"steps", state_.step},
   };
-  write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
-  if (opt.memory_report) progress.line(memory.table());
+  write_file_atomic(dir_ / "summary.json", summary.dump(2) + "\n");
+  if (opt_.memory_report) progress_->line(memory_.table());
   std::ostringstream msg;
   msg << std::fixed << std::setprecision(2) << "final test accuracy " << final_eval.mean << "% ± " << final_eval.stddev
-      << " over " << final_eval.runs.size() << " inference run(s); best " << state.best_test_accuracy << "% (epoch "
-      << state.best_epoch << "); " << dir.string() << "/summary.json";
-  progress.line(msg.str());
-  if (cfg.plot) {
+      << " over " << final_eval.runs.size() << " inference run(s); best " << state_.best_test_accuracy << "% (epoch "
+      << state_.best_epoch << "); " << dir_.string() << "/summary.json";
+  progress_->line(msg.str());
+  if (cfg_.plot) {
     // A missing gnuplot must not fail a finished run: the figure can be drawn later (noprop plot).
     try {
-      auto files = plot_run(read_run(dir), dir / "curves");
-      progress.line("figures " + files[0].string() + ", " + files[1].string());
+      auto files = plot_run(read_run(dir_), dir_ / "curves");
+      progress_->line("figures " + files[0].string() + ", " + files[1].string());
     } catch (const Error& e) {
-      progress.line(std::string("no figure: ") + e.what() + "; draw it later with: noprop plot " + dir.string());
+      progress_->line(std::string("no figure: ") + e.what() + "; draw it later with: noprop plot " + dir_.string());
     }
   }
   return summary;
 }
+
+}  // namespace
+
+nlohmann::json train(const RunOptions& opt) { return Trainer(opt).run(); }
 
 }  // namespace noprop

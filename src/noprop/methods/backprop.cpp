@@ -2,6 +2,9 @@
 
 #include <cmath>
 
+#include "noprop/methods/helpers.h"
+#include "noprop/methods/registry.h"
+
 namespace noprop {
 
 BackpropNetImpl::BackpropNetImpl(NoPropNet n, double alpha_init) : net(std::move(n)) {
@@ -53,6 +56,18 @@ void BackpropMethod::save(torch::serialize::OutputArchive& ar) {
 void BackpropMethod::load(torch::serialize::InputArchive& ar) {
   load_module(ar, "model", *model_);
   load_optimizer(ar, "optim", *opt_);
+}
+
+MethodSpec backprop_method_spec() {
+  return {"backprop",
+          "backprop",
+          "the baseline: the same blocks chained end to end, trained by back-propagation (Eq. 17-19)",
+          /*continuous_time=*/false,
+          /*block_parallel=*/false,
+          /*inference=*/{},
+          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
+            return std::make_unique<BackpropMethod>(cfg, NoPropNet(std::move(net)));
+          }};
 }
 
 }  // namespace noprop

@@ -1,5 +1,6 @@
 #include "noprop/methods/continuous.h"
 
+#include "noprop/methods/helpers.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -39,14 +40,13 @@ void ContinuousMethod::load(torch::serialize::InputArchive& ar) {
   load_optimizer(ar, "optim", *opt_);
 }
 
-torch::Tensor integrate_ode(torch::Tensor z, int steps, const std::string& solver,
+torch::Tensor integrate_ode(torch::Tensor z, int steps, Solver solver,
                             const std::function<torch::Tensor(const torch::Tensor&, int)>& v) {
   if (steps < 1) throw Error("inference steps must be >= 1");
-  if (solver != "euler" && solver != "heun") throw Error("unknown ODE solver '" + solver + "' (euler or heun)");
   const double h = 1.0 / steps;
   for (int k = 0; k < steps; ++k) {
     auto v1 = v(z, k);
-    if (solver == "euler") {
+    if (solver == Solver::euler) {
       z = z + h * v1;
     } else {
       auto v2 = v(z + h * v1, k + 1);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "noprop/methods/helpers.h"
 #include "noprop/methods/method.h"
 
 namespace noprop {
@@ -48,7 +49,7 @@ class ContinuousMethod : public Method {
 // Integrates dz/dt = v(z, k) from t = 0 to t = 1 over `steps` equal intervals, where v is
 // evaluated at grid point k (t_k = k / steps, k = 0..steps). solver: euler (first order) or
 // heun (second order, two evaluations per step).
-torch::Tensor integrate_ode(torch::Tensor z, int steps, const std::string& solver,
+torch::Tensor integrate_ode(torch::Tensor z, int steps, Solver solver,
                             const std::function<torch::Tensor(const torch::Tensor&, int)>& v);
 
 }  // namespace noprop

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "noprop/methods/helpers.h"
+#include "noprop/methods/registry.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -47,7 +49,7 @@ torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const I
   const std::vector<double> ab = on_host(schedule_->alpha_bar(grid));
   auto time = [&](int k) { return torch::full({1}, double(k) / N, z.options()); };
 
-  if (opt.sampler == "ancestral") {
+  if (opt.sampler == Sampler::ancestral) {
     for (int k = 1; k <= N; ++k) {
       auto u_hat = denoise(z, time(k - 1));
       auto c = step_coefficients(ab[k - 1], ab[k]);
@@ -56,7 +58,6 @@ torch::Tensor CTMethod::sample(const Denoiser& denoise, torch::Tensor z, const I
     }
     return z;
   }
-  if (opt.sampler != "flow") throw Error("unknown CT sampler '" + opt.sampler + "' (ancestral or flow)");
   // dᾱ/dt = −γ′(t) ᾱ (1 − ᾱ).
   std::vector<double> dab = on_host(-schedule_->gamma_derivative(grid));
   for (int k = 0; k <= N; ++k) dab[k] = dab[k] * ab[k] * (1 - ab[k]);
@@ -73,14 +74,26 @@ torch::Tensor CTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
   const auto& W = net_->embed->weight;
   // The image features in pieces, as the other methods' inference: a batch of 1000 paper-
   // architecture images at once held ~270 MB of convolution activations, the run's peak.
-  auto prepared = in_chunks(x.size(0), x.device(),
-                            [&](int64_t b, int64_t e) { return net_->cblock->prepare(x.slice(0, b, e)); });
+  auto prepared =
+      in_chunks(x.size(0), x.device(), [&](int64_t b, int64_t e) { return net_->cblock->prepare(x.slice(0, b, e)); });
   auto z1 = sample(
       [&](const torch::Tensor& z, const torch::Tensor& t) {
         return torch::softmax(net_->cblock->forward_prepared(prepared, z, t), 1).matmul(W);
       },
       initial_latent(x, opt, gen), opt, gen);
   return net_->head->log_prob(z1, W);
+}
+
+MethodSpec ct_method_spec() {
+  return {"ct",
+          "NoProp-CT",
+          "continuous-time NoProp: one time-conditioned block, a learned noise schedule (Eq. 11-13)",
+          /*continuous_time=*/true,
+          /*block_parallel=*/false,
+          /*inference=*/{true, true, true, false},
+          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
+            return std::make_unique<CTMethod>(cfg, NoPropNet(std::move(net)));
+          }};
 }
 
 }  // namespace noprop

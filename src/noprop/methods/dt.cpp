@@ -10,6 +10,8 @@
 
 #include "noprop/distributed.h"
 #include "noprop/kernels.h"
+#include "noprop/methods/helpers.h"
+#include "noprop/methods/registry.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -313,8 +315,7 @@ torch::Tensor DTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
     z0 = normal_like(z0, gen);
     for (int t = 1; t <= T; ++t) eps[t] = normal_like(z0, gen);
   }
-  const bool blocks = opt.readout == "blocks";
-  TORCH_CHECK(blocks || opt.readout == "head", "unknown readout '", opt.readout, "'");
+  const bool blocks = opt.readout == Readout::blocks;
   return in_chunks(B, x.device(), [&](int64_t b, int64_t e) {
     const auto xs = x.slice(0, b, e);
     auto z = z0.slice(0, b, e);
@@ -340,6 +341,23 @@ void DTMethod::load(torch::serialize::InputArchive& ar) {
   for (std::size_t i = 0; i < block_opts_.size(); ++i)
     load_optimizer(ar, "optim_block_" + std::to_string(i + 1), *block_opts_[i]);
   load_optimizer(ar, "optim_shared", *shared_opt_);
+}
+
+double DTMethod::step_flops(int64_t batch) {
+  // Algorithm 1's sequential order trains one block per step.
+  return sequential_ ? Method::step_flops(batch) / net_->T() : Method::step_flops(batch);
+}
+
+MethodSpec dt_method_spec() {
+  return {"dt",
+          "NoProp-DT",
+          "discrete-time NoProp: T blocks, each learning to denoise the label on its own (Eq. 8)",
+          /*continuous_time=*/false,
+          /*block_parallel=*/true,
+          /*inference=*/{false, false, false, true},
+          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
+            return std::make_unique<DTMethod>(cfg, NoPropNet(std::move(net)));
+          }};
 }
 
 }  // namespace noprop

@@ -31,6 +31,7 @@ class DTMethod : public Method {
   std::vector<torch::Tensor> parameters() override { return net_->parameters(); }
   NoPropNet network() override { return net_; }
   std::vector<torch::optim::Optimizer*> optimizers() override;
+  double step_flops(int64_t batch) override;
 
   // Block-parallel (parallel: block): rank r trains blocks t with (t − 1) mod P = r; the ranks
   // then exchange each block's gradient of the head and embeddings, and every rank applies the

@@ -1,5 +1,8 @@
 #include "noprop/methods/fm.h"
 
+#include "noprop/methods/helpers.h"
+#include "noprop/methods/registry.h"
+
 namespace noprop {
 
 FMMethod::FMMethod(const Config& cfg, NoPropNet net) : ContinuousMethod(cfg, std::move(net)) {
@@ -43,14 +46,26 @@ torch::Tensor FMMethod::predict(const torch::Tensor& x, const InferenceOptions& 
   const auto& W = net_->embed->weight;
   // The image features in pieces, as the other methods' inference: a batch of 1000 paper-
   // architecture images at once held ~270 MB of convolution activations, the run's peak.
-  auto prepared = in_chunks(x.size(0), x.device(),
-                            [&](int64_t b, int64_t e) { return net_->cblock->prepare(x.slice(0, b, e)); });
+  auto prepared =
+      in_chunks(x.size(0), x.device(), [&](int64_t b, int64_t e) { return net_->cblock->prepare(x.slice(0, b, e)); });
   const int N = opt.steps;
   auto z = integrate_ode(initial_latent(x, opt, gen), N, opt.solver, [&](const torch::Tensor& zk, int k) {
     auto t = torch::full({1}, double(k) / N, zk.options());
     return net_->cblock->forward_prepared(prepared, zk, t).matmul(W);
   });
   return nearest_embedding_scores(z, W);
+}
+
+MethodSpec fm_method_spec() {
+  return {"fm",
+          "NoProp-FM",
+          "flow matching: one time-conditioned block learns the velocity z_1 − z_0 (Eq. 14-16)",
+          /*continuous_time=*/true,
+          /*block_parallel=*/false,
+          /*inference=*/{true, true, false, false},
+          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
+            return std::make_unique<FMMethod>(cfg, NoPropNet(std::move(net)));
+          }};
 }
 
 }  // namespace noprop

@@ -3,14 +3,11 @@
 #include <sstream>
 #include <type_traits>
 
-#include "noprop/kernels.h"
-
+#include "noprop/blocks/registry.h"
 #include "noprop/distributed.h"
-
-#include "noprop/methods/backprop.h"
-#include "noprop/methods/ct.h"
-#include "noprop/methods/dt.h"
-#include "noprop/methods/fm.h"
+#include "noprop/kernels.h"
+#include "noprop/methods/helpers.h"
+#include "noprop/methods/registry.h"
 #include "noprop/util.h"
 
 namespace noprop {
@@ -27,10 +24,18 @@ NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torc
   block_options = noprop::block_options(cfg, info);
   const int m = block_options.num_classes, d = block_options.embed_dim;
   blocks = register_module("blocks", torch::nn::ModuleList());
-  if (cfg.method == "ct" || cfg.method == "fm")
-    cblock = register_module("block", ContinuousBlock(block_options));
-  else
-    for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(DenoiseBlock(block_options));
+  const auto& block = block_spec(cfg.architecture);
+  if (method_spec(cfg.method).continuous_time) {
+    if (!block.make_time)
+      throw Error("config key 'architecture': block '" + cfg.architecture + "' has no continuous-time form (method " +
+                  cfg.method + ")");
+    cblock = register_module("block", block.make_time(block_options));
+  } else {
+    if (!block.make)
+      throw Error("config key 'architecture': block '" + cfg.architecture + "' has no discrete-time form (method " +
+                  cfg.method + ")");
+    for (int t = 1; t <= cfg.num_layers; ++t) blocks->push_back(block.make(block_options));
+  }
   embed = register_module("embed", ClassEmbedding(cfg.embedding, m, d, prototypes));
   head = register_module("head", Head(cfg.head, d, m, cfg.head_sigma));
   // After the Linear's own random init, so that every other parameter draws the same numbers
@@ -51,10 +56,6 @@ torch::Tensor NoPropNetImpl::denoise(int t, const torch::Tensor& x, const torch:
   return torch::softmax(block(t)->forward(x, z), 1).matmul(embed->weight);
 }
 
-InferenceOptions inference_options(const Config& cfg) {
-  return InferenceOptions{cfg.inference_noise, cfg.inference_steps, cfg.solver, cfg.ct_sampler, cfg.readout};
-}
-
 void Method::set_learning_rate(double lr) {
   for (auto* opt : optimizers())
     for (auto& group : opt->param_groups()) group.options().set_lr(lr);
@@ -66,8 +67,27 @@ int64_t Method::parameter_count() {
   return n;
 }
 
+double Method::step_flops(int64_t batch) {
+  auto net = network();
+  double block = 0;
+  if (net->cblock)
+    block = net->cblock->forward_flops();
+  else
+    for (int t = 1; t <= net->T(); ++t) block += net->block(t)->forward_flops();
+  return 3.0 * double(batch) * block;
+}
+
+double Method::inference_flops(const InferenceOptions& opt) {
+  auto net = network();
+  if (net->cblock) return double(opt.steps) * net->cblock->forward_flops();  // an upper bound for CT
+  double blocks = 0;
+  for (int t = 1; t <= net->T(); ++t) blocks += net->block(t)->forward_flops();
+  return blocks;
+}
+
 std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
                                     torch::Device device) {
+  method_spec(cfg.method);  // an unknown name fails before anything is built
   torch::Tensor prototypes;
   if (cfg.embedding == "prototype") {
     if (!train) throw Error("prototype embeddings need the training set");
@@ -76,11 +96,7 @@ std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, con
   }
   NoPropNet net(cfg, info, prototypes);
   net->to(device);
-  if (cfg.method == "dt") return std::make_unique<DTMethod>(cfg, net);
-  if (cfg.method == "backprop") return std::make_unique<BackpropMethod>(cfg, net);
-  if (cfg.method == "ct") return std::make_unique<CTMethod>(cfg, net);
-  if (cfg.method == "fm") return std::make_unique<FMMethod>(cfg, net);
-  throw Error("config key 'method': unknown method '" + cfg.method + "'");
+  return method_spec(cfg.method).make(cfg, net.ptr());
 }
 
 namespace {

@@ -1,6 +1,9 @@
-#include "noprop/block.h"
+#include "noprop/blocks/conv.h"
+
+#include "noprop/blocks/registry.h"
 
 #include <cmath>
+#include <memory>
 
 #include "noprop/kernels.h"
 
@@ -173,6 +176,17 @@ double block_forward_flops(const BlockOptions& opt) {
   double label = opt.label_is_image ? image : double(opt.embed_dim) * kFeatures + 2.0 * kFeatures * kFeatures;
   double fused = 2.0 * kFeatures * kFeatures + kFeatures * 128.0 + 128.0 * opt.num_classes;
   return 2.0 * (image + label + fused);
+}
+
+double DenoiseBlockImpl::forward_flops() const { return block_forward_flops(options); }
+double ContinuousBlockImpl::forward_flops() const { return continuous_block_forward_flops(options); }
+
+BlockSpec conv_block_spec(const std::string& architecture) {
+  return {architecture,
+          architecture == "seed" ? "two convolutions, as in the PyTorch seed reproduction"
+                                 : "paper Fig. 6: three convolutions",
+          [](const BlockOptions& o) { return std::make_shared<DenoiseBlockImpl>(o); },
+          [](const BlockOptions& o) { return std::make_shared<ContinuousBlockImpl>(o); }};
 }
 
 }  // namespace noprop

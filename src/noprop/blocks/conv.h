@@ -19,19 +19,9 @@
 
 #include <string>
 
-namespace noprop {
+#include "noprop/blocks/block.h"
 
-struct BlockOptions {
-  std::string architecture = "paper";  // paper | seed
-  int channels = 1, height = 28, width = 28;
-  int embed_dim = 10;    // d, the size of z
-  int num_classes = 10;  // m, the size of the logits
-  double dropout = 0.2;
-  bool label_is_image = false;  // prototype embeddings: z has the image's shape
-  // ReLU → max-pool → dropout (and ReLU → dropout) in one pass each on CPU float32 (kernels.h);
-  // false: LibTorch's separate ops, the reference.
-  bool fused_kernels = true;
-};
+namespace noprop {
 
 // Conv feature extractor ending in FC 256 → BN (or FC 256 → ReLU without batch norm for the
 // continuous-time model); shared by the image path and the prototype label path.
@@ -40,9 +30,10 @@ torch::nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm = 
 // modules goes through one fused kernel instead; the parameters are the same either way.
 torch::Tensor conv_path_forward(torch::nn::Sequential& path, const torch::Tensor& x, bool fused);
 
-struct DenoiseBlockImpl : torch::nn::Module {
+struct DenoiseBlockImpl : BlockImpl {
   explicit DenoiseBlockImpl(const BlockOptions& opt);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& z);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& z) override;
+  double forward_flops() const override;
 
   BlockOptions options;
   torch::nn::Sequential image_path{nullptr};
@@ -57,16 +48,13 @@ TORCH_MODULE(DenoiseBlock);
 // frequencies 10000^(−i/(dim/2)), as in transformer position encodings.
 torch::Tensor time_embedding(const torch::Tensor& t, int dim = 64);
 
-struct ContinuousBlockImpl : torch::nn::Module {
+struct ContinuousBlockImpl : TimeBlockImpl {
   explicit ContinuousBlockImpl(const BlockOptions& opt);
-  // Logits, B×m; t has shape B, or 1 (the same time for every sample).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& t) {
-    return forward_prepared(prepare(x), z, t);
-  }
-  // The image's contribution to the first fused layer. It does not depend on z or t, so
-  // inference computes it once per image instead of once per step.
-  torch::Tensor prepare(const torch::Tensor& x);
-  torch::Tensor forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z, const torch::Tensor& t);
+  // The image's contribution to the first fused layer.
+  torch::Tensor prepare(const torch::Tensor& x) override;
+  torch::Tensor forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
+                                 const torch::Tensor& t) override;
+  double forward_flops() const override;
 
   BlockOptions options;
   torch::nn::Sequential image_path{nullptr};
