@@ -2,7 +2,8 @@
 # Installs what noprop needs from Debian/Ubuntu packages (skipping what is already there) and
 # selects OpenBLAS as the system BLAS: Debian's LibTorch otherwise runs on the reference BLAS,
 # 4-5x slower. Idempotent; needs root or sudo only when something is missing.
-# --checks also installs clang and its fuzzer/sanitizer runtimes for scripts/robustness.sh.
+# --checks also installs clang and its fuzzer/sanitizer runtimes for scripts/robustness.sh, and
+#   clang-format for scripts/check-style.sh.
 # --torch211 also creates .venv-torch211/ (git-ignored) holding PyPI's torch 2.11.0, the GPU
 #   machine's LibTorch (with CUDA 13): a ~2.5 GB download, 3.3 GB on disk, 2-4 minutes here.
 #   Build against it with
@@ -14,7 +15,7 @@ option="${1:-}"
 packages=(build-essential cmake pkg-config zlib1g-dev libtorch-dev libyaml-cpp-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libopenblas0-openmp dataset-fashion-mnist
           gnuplot-nox libstb-dev libcurl4-openssl-dev libssl-dev libarchive-dev libgloo-dev)
-[ "$option" = "--checks" ] && packages+=(clang libclang-rt-dev)
+[ "$option" = "--checks" ] && packages+=(clang clang-format libclang-rt-dev)
 [ "$option" = "--torch211" ] && packages+=(python3-venv)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

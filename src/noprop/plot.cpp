@@ -43,7 +43,8 @@ std::string run_table(const RunRecord& r, const std::vector<std::string>& losses
   std::string text;
   for (std::size_t i = 0; i < epoch.size(); ++i) {
     text += cell(epoch[i]) + " " + cell(wall[i]) + " " + cell(acc[i]);
-    for (const auto& l : loss) text += " " + cell(l[i] > 0 ? l[i] : NAN);
+    // Appended in two steps: GCC 12 warns falsely (-Wstringop-overflow) on " " + a temporary.
+    for (const auto& l : loss) text.append(" ").append(cell(l[i] > 0 ? l[i] : NAN));
     text += "\n";
   }
   return text;
