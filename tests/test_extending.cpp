@@ -112,11 +112,10 @@ DatasetSpec squares_spec() {
 const bool kRegistered =
     register_block({"mlp", "two-layer perceptron on the flattened image (the extending guide's example)",
                     [](const BlockOptions& o) { return std::make_shared<MlpBlockImpl>(o); }, nullptr}) &&
-    register_method({"denoise-all", "DenoiseAll", "every block denoises a fixed-noise label, one joint step",
-                     /*continuous_time=*/false, /*block_parallel=*/false, /*inference=*/{},
-                     [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
-                       return std::make_unique<DenoiseAllMethod>(cfg, NoPropNet(std::move(net)));
-                     }}) &&
+    register_method({.name = "denoise-all",
+                     .title = "DenoiseAll",
+                     .summary = "every block denoises a fixed-noise label, one joint step",
+                     .make = method_factory<DenoiseAllMethod>()}) &&
     register_dataset(squares_spec());
 
 using ExtendingTest = test::TempDirTest;

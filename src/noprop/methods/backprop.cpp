@@ -59,15 +59,10 @@ void BackpropMethod::load(torch::serialize::InputArchive& ar) {
 }
 
 MethodSpec backprop_method_spec() {
-  return {"backprop",
-          "backprop",
-          "the baseline: the same blocks chained end to end, trained by back-propagation (Eq. 17-19)",
-          /*continuous_time=*/false,
-          /*block_parallel=*/false,
-          /*inference=*/{},
-          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
-            return std::make_unique<BackpropMethod>(cfg, NoPropNet(std::move(net)));
-          }};
+  return {.name = "backprop",
+          .title = "backprop",
+          .summary = "the baseline: the same blocks chained end to end, trained by back-propagation (Eq. 17-19)",
+          .make = method_factory<BackpropMethod>()};
 }
 
 }  // namespace noprop

@@ -85,15 +85,12 @@ torch::Tensor CTMethod::predict(const torch::Tensor& x, const InferenceOptions& 
 }
 
 MethodSpec ct_method_spec() {
-  return {"ct",
-          "NoProp-CT",
-          "continuous-time NoProp: one time-conditioned block, a learned noise schedule (Eq. 11-13)",
-          /*continuous_time=*/true,
-          /*block_parallel=*/false,
-          /*inference=*/{true, true, true, false},
-          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
-            return std::make_unique<CTMethod>(cfg, NoPropNet(std::move(net)));
-          }};
+  return {.name = "ct",
+          .title = "NoProp-CT",
+          .summary = "continuous-time NoProp: one time-conditioned block, a learned noise schedule (Eq. 11-13)",
+          .continuous_time = true,
+          .inference = {.steps = true, .solver = true, .sampler = true},
+          .make = method_factory<CTMethod>()};
 }
 
 }  // namespace noprop

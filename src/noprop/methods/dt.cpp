@@ -349,15 +349,12 @@ double DTMethod::step_flops(int64_t batch) {
 }
 
 MethodSpec dt_method_spec() {
-  return {"dt",
-          "NoProp-DT",
-          "discrete-time NoProp: T blocks, each learning to denoise the label on its own (Eq. 8)",
-          /*continuous_time=*/false,
-          /*block_parallel=*/true,
-          /*inference=*/{false, false, false, true},
-          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
-            return std::make_unique<DTMethod>(cfg, NoPropNet(std::move(net)));
-          }};
+  return {.name = "dt",
+          .title = "NoProp-DT",
+          .summary = "discrete-time NoProp: T blocks, each learning to denoise the label on its own (Eq. 8)",
+          .block_parallel = true,
+          .inference = {.readout = true},
+          .make = method_factory<DTMethod>()};
 }
 
 }  // namespace noprop

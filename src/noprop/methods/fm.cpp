@@ -57,15 +57,12 @@ torch::Tensor FMMethod::predict(const torch::Tensor& x, const InferenceOptions& 
 }
 
 MethodSpec fm_method_spec() {
-  return {"fm",
-          "NoProp-FM",
-          "flow matching: one time-conditioned block learns the velocity z_1 − z_0 (Eq. 14-16)",
-          /*continuous_time=*/true,
-          /*block_parallel=*/false,
-          /*inference=*/{true, true, false, false},
-          [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) {
-            return std::make_unique<FMMethod>(cfg, NoPropNet(std::move(net)));
-          }};
+  return {.name = "fm",
+          .title = "NoProp-FM",
+          .summary = "flow matching: one time-conditioned block learns the velocity z_1 − z_0 (Eq. 14-16)",
+          .continuous_time = true,
+          .inference = {.steps = true, .solver = true},
+          .make = method_factory<FMMethod>()};
 }
 
 }  // namespace noprop

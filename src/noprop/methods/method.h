@@ -99,6 +99,14 @@ class Method {
   std::vector<std::string> nonfinite_;
 };
 
+// The factory of a MethodSpec (methods/registry.h) for a method constructed from (cfg, net).
+template <class M>
+auto method_factory() {
+  return [](const Config& cfg, std::shared_ptr<NoPropNetImpl> net) -> std::unique_ptr<Method> {
+    return std::make_unique<M>(cfg, NoPropNet(std::move(net)));
+  };
+}
+
 // Builds the configured method on `device`; `train` supplies prototype images when needed.
 std::unique_ptr<Method> make_method(const Config& cfg, const DataInfo& info, const Dataset* train,
                                     torch::Device device);
