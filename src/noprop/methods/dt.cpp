@@ -16,11 +16,28 @@
 
 namespace noprop {
 
+DTOptions DTOptions::from(const Config& cfg) {
+  auto pick = [](const std::string& key, const std::string& value, const std::vector<std::string>& names) {
+    for (std::size_t i = 0; i < names.size(); ++i)
+      if (names[i] == value) return int(i);
+    throw Error("config key '" + key + "': '" + value + "' is not one of " + join(names));
+  };
+  DTOptions o;
+  o.block_order = Order(pick("block_order", cfg.block_order, {"interleaved", "sequential"}));
+  o.shared_update = SharedUpdate(pick("shared_update", cfg.shared_update, {"per_block", "per_batch"}));
+  o.grad_clip_scaling = ClipScaling(pick("grad_clip_scaling", cfg.grad_clip_scaling, {"none", "loss_weight"}));
+  o.eta = cfg.eta, o.grad_clip_max_norm = cfg.grad_clip_max_norm, o.concurrent_blocks = cfg.concurrent_blocks;
+  o.fused_kernels = cfg.kernels == "fused";
+  o.data_parallel = pick("parallel", cfg.parallel, {"block", "data"}) == 1;
+  return o;
+}
+
 DTMethod::DTMethod(const Config& cfg, NoPropNet net)
     : cfg_(cfg),
+      opt_(DTOptions::from(cfg)),
       net_(std::move(net)),
       schedule_(ScheduleOptions{cfg.num_layers, cfg.cosine_s, cfg.noise_schedule_min, cfg.noise_schedule_max}),
-      sequential_(cfg.block_order == "sequential"),
+      sequential_(opt_.block_order == DTOptions::Order::sequential),
       on_cpu_(net_->parameters().front().device().is_cpu()) {
   for (int t = 1; t <= net_->T(); ++t) {
     block_params_.push_back(net_->block(t)->parameters());
@@ -46,15 +63,15 @@ std::vector<torch::optim::Optimizer*> DTMethod::optimizers() {
   return all;
 }
 
-double DTMethod::loss_weight(int t) const { return 0.5 * schedule_.T() * cfg_.eta * schedule_.snr_delta(t); }
+double DTMethod::loss_weight(int t) const { return 0.5 * schedule_.T() * opt_.eta * schedule_.snr_delta(t); }
 
 torch::Tensor DTMethod::block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const {
   return loss_weight(t) * (u_hat - u_y).pow(2).sum(1).mean();
 }
 
 std::vector<double> DTMethod::clip_norms(int t) const {
-  const double c = cfg_.grad_clip_max_norm;
-  return {cfg_.grad_clip_scaling == "loss_weight" ? c * loss_weight(t) : c, c, c};
+  const double c = opt_.grad_clip_max_norm;
+  return {opt_.grad_clip_scaling == DTOptions::ClipScaling::loss_weight ? c * loss_weight(t) : c, c, c};
 }
 
 namespace {
@@ -123,11 +140,11 @@ std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Ten
 }
 
 int DTMethod::concurrency() const {
-  if (sequential_ || data_parallel() || !on_cpu_ || cfg_.kernels != "fused") return 1;
+  if (sequential_ || data_parallel() || !on_cpu_ || !opt_.fused_kernels) return 1;
   // Per-block shared updates take each head step after the previous one; the blocks can still
   // run concurrently, unless their losses read learned embeddings that those steps change.
-  if (cfg_.shared_update == "per_block" && net_->embed->learned) return 1;
-  const int k = cfg_.concurrent_blocks > 0 ? cfg_.concurrent_blocks : at::get_num_threads();
+  if (opt_.shared_update == DTOptions::SharedUpdate::per_block && net_->embed->learned) return 1;
+  const int k = opt_.concurrent_blocks > 0 ? opt_.concurrent_blocks : at::get_num_threads();
   return std::max(1, std::min(k, net_->T()));
 }
 
@@ -150,7 +167,7 @@ void DTMethod::for_blocks(const std::function<void(int)>& body) {
 }
 
 std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) {
-  if (cfg_.shared_update == "per_batch") return train_step_per_batch(x, y);
+  if (opt_.shared_update == DTOptions::SharedUpdate::per_batch) return train_step_per_batch(x, y);
   const int T = net_->T();
   const int first = sequential_ ? pass + 1 : 1, last = sequential_ ? pass + 1 : T;
   // Blocks not trained in this step keep an undefined entry: the trainer averages each
@@ -167,7 +184,7 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
       if (!shared_params_.empty())
         r.shared_grads = torch::autograd::grad({r.ce + r.kl}, shared_params_, {}, false, false, true);
       auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
-      if (!clip_and_check_grads({head_grads, embed_grads}, cfg_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
+      if (!clip_and_check_grads({head_grads, embed_grads}, opt_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
     }
     for (size_t i = 0; i < shared_params_.size(); ++i) shared_params_[i].mutable_grad() = r.shared_grads[i];
     shared_opt_->step();
@@ -267,7 +284,7 @@ void DTMethod::set_distributed(Distributed* dist) {
     throw Error(
         "config key 'block_order': block-parallel training needs interleaved (with sequential, one block "
         "trains per pass); set parallel: data or block_order: interleaved");
-  if (cfg_.shared_update != "per_batch")
+  if (opt_.shared_update != DTOptions::SharedUpdate::per_batch)
     throw Error(
         "config key 'shared_update': block-parallel training needs per_batch (every rank's blocks see the "
         "same head and embeddings)");

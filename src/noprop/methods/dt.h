@@ -17,6 +17,20 @@
 
 namespace noprop {
 
+// NoProp-DT's options, typed, from the config keys of the same names (config.h says what each does).
+struct DTOptions {
+  enum class Order { interleaved, sequential } block_order = Order::interleaved;
+  enum class SharedUpdate { per_block, per_batch } shared_update = SharedUpdate::per_block;
+  enum class ClipScaling { none, loss_weight } grad_clip_scaling = ClipScaling::none;
+  double eta = 0.1;
+  double grad_clip_max_norm = 1.0;
+  int concurrent_blocks = 1;
+  bool fused_kernels = true;
+  bool data_parallel = false;  // parallel: data (else block) in distributed runs
+  // Error naming the key for a value this method does not know.
+  static DTOptions from(const Config& cfg);
+};
+
 class DTMethod : public Method {
  public:
   DTMethod(const Config& cfg, NoPropNet net);
@@ -38,7 +52,7 @@ class DTMethod : public Method {
   // T steps in block order (shared_update: per_batch). Noise and dropout of block t are drawn from a seed every rank
   // derives alike, so a P-rank run takes the same steps as one process with shared_update: per_batch.
   void set_distributed(Distributed* dist) override;
-  bool data_parallel() const override { return dist_ && cfg_.parallel == "data"; }
+  bool data_parallel() const override { return dist_ && opt_.data_parallel; }
   void synchronise() override;
   // Whether this rank trains block t (always, in one process).
   bool owns(int t) const;
@@ -74,7 +88,8 @@ class DTMethod : public Method {
   void for_blocks(const std::function<void(int)>& body);
   static uint64_t block_seeds();
 
-  Config cfg_;
+  Config cfg_;  // for the optimizers
+  DTOptions opt_;
   NoPropNet net_;
   CosineSchedule schedule_;
   bool sequential_;
