@@ -289,7 +289,6 @@ class Trainer {
   std::unique_ptr<CsvLog> metrics_, batches_;
   std::unique_ptr<Progress> progress_;
   TestHooks hooks_;
-  bool shard_ = false;  // data-parallel: this rank trains on its rows of each batch
   int64_t n_ = 0, batch_ = 0, batches_per_pass_ = 0;
   int passes_ = 1;
   bool scheduled_lr_ = false;
@@ -355,7 +354,6 @@ void Trainer::build_method() {
   }
   loss_names_ = method_->loss_names();
   inference_ = inference_options(cfg_);
-  shard_ = dist_ && method_->data_parallel();
   n_ = data_.train.size(), batch_ = cfg_.batch_size;
   batches_per_pass_ = (n_ + batch_ - 1) / batch_;
   passes_ = method_->passes_per_epoch();
@@ -378,18 +376,16 @@ void Trainer::open_logs() {
     if (cfg_.detailed_logging) batches_->load_existing(state_.epoch + (state_.in_epoch_batches >= 0 ? 1 : 0));
   }
   progress_ = std::make_unique<Progress>(opt_.quiet || !lead_, cfg_.log_interval);
-  progress_->line("run " + dir_.string() + ": " + cfg_.method + " on " + cfg_.dataset + ", " +
-                  std::to_string(method_->parameter_count()) + " parameters, " + std::to_string(threads_) +
-                  " threads, device " + device_.str() +
-                  (dist_ ? ", " + std::to_string(dist_->world()) + " workers (" +
-                               (method_->data_parallel() ? "data" : "block") + "-parallel)"
-                         : "") +
-                  (opt_.resume
-                       ? ", resuming after epoch " + std::to_string(state_.epoch) +
-                             (state_.in_epoch_batches >= 0 ? " and " + std::to_string(state_.in_epoch_batches) +
-                                                                 " batches of epoch " + std::to_string(state_.epoch + 1)
-                                                           : "")
-                       : ""));
+  progress_->line(
+      "run " + dir_.string() + ": " + cfg_.method + " on " + cfg_.dataset + ", " +
+      std::to_string(method_->parameter_count()) + " parameters, " + std::to_string(threads_) + " threads, device " +
+      device_.str() +
+      (dist_ ? ", " + std::to_string(dist_->world()) + " workers (" + method_->parallelism().name() + ")" : "") +
+      (opt_.resume ? ", resuming after epoch " + std::to_string(state_.epoch) +
+                         (state_.in_epoch_batches >= 0 ? " and " + std::to_string(state_.in_epoch_batches) +
+                                                             " batches of epoch " + std::to_string(state_.epoch + 1)
+                                                       : "")
+                   : ""));
 }
 
 void Trainer::check_resumed_epoch() const {
@@ -459,13 +455,13 @@ double Trainer::train_epoch(int64_t epoch, EpochTotals& totals) {
   }
   const double train_s = totals.seconds_before + seconds_since(t0);
   state_.in_epoch_batches = -1;
-  method_->synchronise();
-  if (shard_) {
+  auto& par = method_->parallelism();
+  par.synchronise();
+  if (par.shards_batches()) {
     // Each rank averaged its own rows: the epoch's losses are the mean over the ranks.
     for (auto& v : totals.sums)
       if (!v.defined()) v = torch::zeros({}, device_);
-    dist_->allreduce_sum(totals.sums);
-    for (auto& v : totals.sums) v.div_(double(dist_->world()));
+    par.average(totals.sums);
   }
   train_seconds_total_ += train_s;
   ++epochs_run_;
@@ -475,12 +471,11 @@ double Trainer::train_epoch(int64_t epoch, EpochTotals& totals) {
 void Trainer::train_batch(int64_t epoch, int pass, int64_t b, const torch::Tensor& perm, EpochTotals& totals) {
   auto idx = perm.slice(0, b * batch_, std::min(n_, (b + 1) * batch_));
   ++totals.done;
-  const int64_t world = shard_ ? dist_->world() : 1;
+  const auto& par = method_->parallelism();
+  const int64_t world = par.shards_batches() ? par.world() : 1;
   if (idx.size(0) < 2 * world) return;  // batch norm needs two samples (per rank)
-  if (shard_) {
-    const int64_t m = idx.size(0), r = dist_->rank();
-    idx = idx.slice(0, r * m / world, (r + 1) * m / world);
-  }
+  const auto [begin, end] = par.rows(idx.size(0));
+  idx = idx.slice(0, begin, end);
   auto x = data_.train.select(idx);
   auto y = data_.train.labels.index_select(0, idx);
   if (cfg_.augment) augment_batch(x, 4);
@@ -528,7 +523,7 @@ void Trainer::account_first_step() {
 Interrupted Trainer::interrupt(int sig, int64_t epoch, int pass, const torch::Tensor& perm, const EpochTotals& totals,
                                double seconds) {
   // Save where this epoch stands and stop; --resume continues from this batch.
-  method_->synchronise();
+  method_->parallelism().synchronise();
   state_.in_epoch_batches = totals.done, state_.pass = pass, state_.permutation = perm;
   state_.samples = totals.samples, state_.skipped = totals.skipped, state_.train_seconds = seconds;
   state_.loss_sums = torch::full({int64_t(totals.sums.size())}, NAN);

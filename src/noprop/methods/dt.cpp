@@ -8,7 +8,6 @@
 #include <functional>
 #include <sstream>
 
-#include "noprop/distributed.h"
 #include "noprop/kernels.h"
 #include "noprop/methods/helpers.h"
 #include "noprop/methods/registry.h"
@@ -140,7 +139,7 @@ std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Ten
 }
 
 int DTMethod::concurrency() const {
-  if (sequential_ || data_parallel() || !on_cpu_ || !opt_.fused_kernels) return 1;
+  if (sequential_ || parallel_->shards_batches() || !on_cpu_ || !opt_.fused_kernels) return 1;
   // Per-block shared updates take each head step after the previous one; the blocks can still
   // run concurrently, unless their losses read learned embeddings that those steps change.
   if (opt_.shared_update == DTOptions::SharedUpdate::per_block && net_->embed->learned) return 1;
@@ -249,7 +248,7 @@ std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x
     stats[2 * T] += r.ce.detach();
     stats[2 * T + 1] += r.kl.detach();
   }
-  if (dist_ && !data_parallel()) dist_->allreduce_sum({grads, stats});
+  parallel_->sum_block_parts({grads, stats});
   const auto host = stats.to(torch::kCPU);
   const auto* h = host.data_ptr<float>();
   double stepped = 0;
@@ -275,11 +274,8 @@ std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x
   return out;
 }
 
-bool DTMethod::owns(int t) const { return !dist_ || data_parallel() || (t - 1) % dist_->world() == dist_->rank(); }
-
-void DTMethod::set_distributed(Distributed* dist) {
-  dist_ = dist;
-  if (!dist || data_parallel()) return;
+std::unique_ptr<Parallelism> DTMethod::make_parallelism(Distributed& dist) {
+  if (opt_.data_parallel) return data_parallel(dist);
   if (sequential_)
     throw Error(
         "config key 'block_order': block-parallel training needs interleaved (with sequential, one block "
@@ -288,31 +284,23 @@ void DTMethod::set_distributed(Distributed* dist) {
     throw Error(
         "config key 'shared_update': block-parallel training needs per_batch (every rank's blocks see the "
         "same head and embeddings)");
-}
-
-void DTMethod::synchronise() {
-  if (!dist_ || data_parallel()) return;
-  // Each block, with its optimizer state, travels from the rank that trains it to all others.
-  for (int t = 1; t <= net_->T(); ++t) {
-    const int owner = (t - 1) % dist_->world();
-    std::string bytes;
-    if (owner == dist_->rank()) {
-      torch::serialize::OutputArchive ar;
-      save_module(ar, "block", *net_->block(t));
-      save_optimizer(ar, "optim", *block_opts_[t - 1]);
-      std::ostringstream os;
-      ar.save_to(os);
-      bytes = os.str();
-    }
-    dist_->broadcast_bytes(bytes, owner);
-    if (owner != dist_->rank()) {
-      torch::serialize::InputArchive ar;
-      std::istringstream is(bytes);
-      ar.load_from(is, net_->parameters().front().device());
-      load_module(ar, "block", *net_->block(t));
-      load_optimizer(ar, "optim", *block_opts_[t - 1]);
-    }
-  }
+  // Each block travels with its optimizer state.
+  auto pack = [this](int t) {
+    torch::serialize::OutputArchive ar;
+    save_module(ar, "block", *net_->block(t));
+    save_optimizer(ar, "optim", *block_opts_[t - 1]);
+    std::ostringstream os;
+    ar.save_to(os);
+    return os.str();
+  };
+  auto unpack = [this](int t, const std::string& bytes) {
+    torch::serialize::InputArchive ar;
+    std::istringstream is(bytes);
+    ar.load_from(is, net_->parameters().front().device());
+    load_module(ar, "block", *net_->block(t));
+    load_optimizer(ar, "optim", *block_opts_[t - 1]);
+  };
+  return block_parallel(dist, pack, unpack, net_->T());
 }
 
 torch::Tensor DTMethod::inference_step(int t, const torch::Tensor& u_hat, const torch::Tensor& z_prev,

@@ -47,15 +47,8 @@ class DTMethod : public Method {
   std::vector<torch::optim::Optimizer*> optimizers() override;
   double step_flops(int64_t batch) override;
 
-  // Block-parallel (parallel: block): rank r trains blocks t with (t − 1) mod P = r; the ranks
-  // then exchange each block's gradient of the head and embeddings, and every rank applies the
-  // T steps in block order (shared_update: per_batch). Noise and dropout of block t are drawn from a seed every rank
-  // derives alike, so a P-rank run takes the same steps as one process with shared_update: per_batch.
-  void set_distributed(Distributed* dist) override;
-  bool data_parallel() const override { return dist_ && opt_.data_parallel; }
-  void synchronise() override;
   // Whether this rank trains block t (always, in one process).
-  bool owns(int t) const;
+  bool owns(int t) const { return parallel_->trains_block(t); }
 
   // The loss of block t for given û and u_y (exposed for tests), and its weight ½Tη(SNR(t) − SNR(t−1)).
   torch::Tensor block_loss(int t, const torch::Tensor& u_hat, const torch::Tensor& u_y) const;
@@ -67,6 +60,14 @@ class DTMethod : public Method {
                                const torch::Tensor& eps) const;
   const CosineSchedule& schedule() const { return schedule_; }
   NoPropNet net() { return net_; }
+
+ protected:
+  // Block-parallel (parallel: block, the default): rank r trains blocks t with (t − 1) mod P = r;
+  // the ranks then exchange each block's gradient of the head and embeddings, and every rank
+  // applies the T steps in block order (shared_update: per_batch, interleaved order). Noise and
+  // dropout of block t are drawn from a seed every rank derives alike, so a P-rank run takes the
+  // same steps as one process with shared_update: per_batch. parallel: data is data-parallel.
+  std::unique_ptr<Parallelism> make_parallelism(Distributed& dist) override;
 
  private:
   // Block t's loss (plus the shared terms, with shared_terms) on a batch: gradients, clipping,

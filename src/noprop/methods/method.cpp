@@ -4,7 +4,6 @@
 #include <type_traits>
 
 #include "noprop/blocks/registry.h"
-#include "noprop/distributed.h"
 #include "noprop/kernels.h"
 #include "noprop/methods/helpers.h"
 #include "noprop/methods/registry.h"
@@ -202,17 +201,16 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
 
 bool Method::clip_and_check(const std::vector<std::vector<torch::Tensor>>& groups, double max_norm,
                             const torch::Tensor& loss, const std::string& part) {
-  if (dist_ && data_parallel()) {
+  if (parallel_->shards_batches()) {
     // Every rank steps with the mean gradient, and all skip together when any rank's loss or
-    // gradient is not finite (NaN and Inf survive the sum).
+    // gradient is not finite.
     std::vector<torch::Tensor> all{loss.detach().reshape({1}).to(torch::kFloat).clone()};
     for (const auto& g : groups)
       for (const auto& p : g) {
         if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
         all.push_back(p.grad());
       }
-    dist_->allreduce_sum(all);
-    for (auto& t : all) t.div_(double(dist_->world()));
+    parallel_->average(all);
     return clip_and_check_grads(grads_of(groups), max_norm, all[0], part);
   }
   return clip_and_check_grads(grads_of(groups), max_norm, loss, part);

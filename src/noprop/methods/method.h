@@ -16,10 +16,9 @@
 #include "noprop/data.h"
 #include "noprop/methods/inference.h"
 #include "noprop/methods/network.h"
+#include "noprop/parallel.h"
 
 namespace noprop {
-
-class Distributed;
 
 class Method {
  public:
@@ -65,18 +64,19 @@ class Method {
     return std::exchange(nonfinite_, {});
   }
 
-  // Training across processes (distributed.h), called once before training; nullptr: one
-  // process. By default a method is data-parallel: every rank trains on its share of each
-  // batch and clip_and_check averages the gradients, so all ranks take the same steps.
-  // NoProp-DT overrides it to train blocks in parallel instead.
-  virtual void set_distributed(Distributed* dist) { dist_ = dist; }
-  // Whether the trainer gives this rank only its share of each batch.
-  virtual bool data_parallel() const { return dist_ != nullptr; }
-  // Makes every rank's copy complete and identical (parameters, buffers, optimizer states)
-  // before evaluation and checkpoints; a collective, called on every rank.
-  virtual void synchronise() {}
+  // Training across processes (parallel.h), called once before training with the run's
+  // processes (nullptr: one process).
+  void set_distributed(Distributed* dist) { parallel_ = dist ? make_parallelism(*dist) : single_process(); }
+  // How this method's training is spread over the processes; the trainer asks it which rows of a
+  // batch to give this rank and calls its synchronise() before evaluation and checkpoints.
+  Parallelism& parallelism() { return *parallel_; }
 
  protected:
+  // A distributed run's strategy. By default a method is data-parallel: every rank trains on its
+  // share of each batch and clip_and_check averages the gradients, so all ranks take the same
+  // steps. NoProp-DT may train its blocks in parallel instead.
+  virtual std::unique_ptr<Parallelism> make_parallelism(Distributed& dist) { return data_parallel(dist); }
+
   // After backward(): clips each group's gradients (to max_norm) and checks the loss
   // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
   // gradients, records `part` and returns false: the caller must not step.
@@ -92,7 +92,7 @@ class Method {
   bool clip_and_check_grads(const std::vector<std::vector<torch::Tensor>>& grads, const std::vector<double>& max_norms,
                             const torch::Tensor& loss, const std::string& part);
 
-  Distributed* dist_ = nullptr;
+  std::unique_ptr<Parallelism> parallel_ = single_process();
 
  private:
   std::mutex nonfinite_mutex_;
