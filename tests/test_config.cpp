@@ -79,9 +79,9 @@ TEST(Config, ValidateRelations) {
   c.device = "tpu";
   EXPECT_NE(error_of([&] { validate(c); }).find("'device'"), std::string::npos);
   c = Config{};
-  apply_override(c, "concurrent_blocks=2");
+  apply_override(c, "concurrent_blocks=1");
   EXPECT_NO_THROW(validate(c));
-  apply_override(c, "kernels=torch");
+  apply_override(c, "concurrent_blocks=2");
   EXPECT_NE(error_of([&] { validate(c); }).find("'concurrent_blocks'"), std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(c, "kernels=fast"); }).find("kernels"), std::string::npos);
 }

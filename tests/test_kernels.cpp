@@ -4,7 +4,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "noprop/blocks/conv.h"
 #include "noprop/kernels.h"
@@ -179,6 +182,25 @@ TEST_P(Kernels, FusedBlockMatchesTheReferenceBlock) {
 
 namespace noprop {
 namespace {
+
+// at::parallel_for runs in parallel only in code compiled with OpenMP (ATen's header tests
+// _OPENMP; without it the loop silently runs on the calling thread): the fused kernels and
+// concurrent blocks rely on it.
+TEST(ParallelLoops, RunOnSeveralThreads) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  std::mutex mutex;
+  std::set<std::thread::id> ids;
+  int calls = 0;
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+    std::lock_guard lock(mutex);
+    ids.insert(std::this_thread::get_id());
+    ++calls;
+  });
+  at::set_num_threads(threads);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(ids.size(), 2u);
+}
 
 // The fused AdamW step against LibTorch's AdamW: the same trajectory over several steps, and
 // optimizer state that LibTorch's AdamW can load and continue from.

@@ -106,38 +106,6 @@ TEST(DT, InterleavedStepReportsAllTerms) {
   EXPECT_LT(e.train_step(x, y, 0)[3].item<double>(), 0.1);
 }
 
-// Blocks trained concurrently on two threads take the same steps as one after another: each
-// block draws its noise and dropout masks from its own stream, and the head's steps keep their
-// order. Dropout on, so that a mask drawn from the wrong stream would show.
-TEST(DT, ConcurrentBlocksTakeTheSameSteps) {
-  const int threads = torch::get_num_threads();
-  torch::set_num_threads(2);
-  for (std::string shared : {"per_block", "per_batch"}) {
-    std::vector<std::vector<torch::Tensor>> params;
-    for (int k : {1, 3}) {
-      Config c = tiny_cfg("dt");
-      c.dropout = 0.3;
-      c.shared_update = shared;
-      c.concurrent_blocks = k;
-      torch::manual_seed(8);
-      auto m = make_method(c, tiny_info(), nullptr, torch::kCPU);
-      torch::manual_seed(9);
-      for (int step = 0; step < 3; ++step) {
-        auto x = torch::randn({6, 1, 8, 8});
-        auto y = torch::tensor({0, 1, 2, 3, 0, 1}, torch::kInt64);
-        auto losses = m->train_step(x, y, 0);
-        ASSERT_TRUE(losses.back().defined()) << shared << " " << k;
-      }
-      params.emplace_back();
-      for (const auto& p : m->parameters()) params.back().push_back(p.detach().clone());
-    }
-    ASSERT_EQ(params[0].size(), params[1].size());
-    for (size_t i = 0; i < params[0].size(); ++i)
-      EXPECT_TRUE(torch::allclose(params[0][i], params[1][i], 1e-4, 1e-6)) << shared << " parameter " << i;
-  }
-  torch::set_num_threads(threads);
-}
-
 // Inference of a batch above kInferenceChunk rows runs in pieces; without noise every image's
 // result is its own, so it must equal inference of the halves, each done in one piece.
 TEST(Methods, ChunkedInferenceEqualsWholeBatches) {

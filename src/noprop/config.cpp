@@ -175,7 +175,7 @@ const std::vector<Key>& keys() {
       text("kernels", &Config::kernels, {"fused", "torch"},
            "CPU: fused ReLU-pool-dropout kernels, or LibTorch's separate ops (the reference)"),
       number("concurrent_blocks", &Config::concurrent_blocks, 0, 4096,
-             "NoProp-DT on CPU: blocks trained at once, one per thread (0: as many as threads; 1: one after another)"),
+             "only 1 (blocks one after another); --workers N trains NoProp-DT blocks in parallel"),
       text("parallel", &Config::parallel, {"block", "data"},
            "distributed NoProp-DT: blocks spread over the ranks, or every batch split (others: data)"),
       number("dist_timeout", &Config::dist_timeout, 1, 86400, "seconds a distributed collective may wait"),
@@ -259,10 +259,10 @@ void validate(const Config& cfg) {
     throw Error("config key 'architecture': block '" + cfg.architecture + "' has no " +
                 (method_spec(cfg.method).continuous_time ? "continuous" : "discrete") + "-time form, which method '" +
                 cfg.method + "' needs");
-  if (cfg.concurrent_blocks > 1 && cfg.kernels != "fused")
+  if (cfg.concurrent_blocks != 1)
     throw Error(
-        "config key 'concurrent_blocks': concurrent blocks need kernels: fused (LibTorch's dropout draws "
-        "from one shared generator, so masks would depend on thread timing)");
+        "config key 'concurrent_blocks': only 1 is accepted (blocks on concurrent threads of one process corrupt "
+        "LibTorch's oneDNN convolutions); --workers N trains NoProp-DT blocks in parallel");
 }
 
 Config load_config_file(const std::filesystem::path& path) {

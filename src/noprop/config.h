@@ -96,10 +96,9 @@ struct Config {
   // CPU, float32: the element-wise tail of each convolution (ReLU → max-pool → dropout) runs
   // as one fused kernel (fused), or as LibTorch's separate ops (torch, the reference) (ours).
   std::string kernels = "fused";
-  // NoProp-DT on CPU: blocks trained at once, each on one thread with single-threaded ops
-  // (0: one per thread; 1: one after another, every op using all threads). Needs fused kernels
-  // (their dropout streams are per block). Off by default: on the 2-core reference machine
-  // it measured ~5% slower than multi-threaded ops once OpenBLAS runs on OpenMP (ours).
+  // Only 1 (blocks one after another, every op on all threads): read so that config files that
+  // name it stay valid. Blocks on concurrent threads of one process made LibTorch's oneDNN
+  // convolutions return corrupt gradients (docs/speed.md); --workers N trains blocks in parallel.
   int concurrent_blocks = 1;
   // Distributed runs (--workers, or RANK/WORLD_SIZE): NoProp-DT trains its blocks in parallel
   // (block) or splits every batch (data); the other methods are always data-parallel.

@@ -10,9 +10,7 @@
 //                 and the rest.
 // Both report the FLOPs of one forward pass (for the benchmark's GFLOP/s). Parameters are the
 // Module's own: each block is one parameter group of its method's optimizer. A block may run a
-// fused CPU fast path (BlockOptions::fused_kernels, kernels.h); concurrent NoProp-DT blocks
-// (config concurrent_blocks) need one whose dropout draws come from kernels.h's per-thread
-// generator, as the built-in blocks' do.
+// fused CPU fast path (BlockOptions::fused_kernels, kernels.h).
 #pragma once
 
 #include <torch/torch.h>

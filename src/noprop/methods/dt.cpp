@@ -1,11 +1,8 @@
 #include "noprop/methods/dt.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 
 #include <cmath>
-#include <functional>
 #include <sstream>
 
 #include "noprop/kernels.h"
@@ -25,7 +22,7 @@ DTOptions DTOptions::from(const Config& cfg) {
   o.block_order = Order(pick("block_order", cfg.block_order, {"interleaved", "sequential"}));
   o.shared_update = SharedUpdate(pick("shared_update", cfg.shared_update, {"per_block", "per_batch"}));
   o.grad_clip_scaling = ClipScaling(pick("grad_clip_scaling", cfg.grad_clip_scaling, {"none", "loss_weight"}));
-  o.eta = cfg.eta, o.grad_clip_max_norm = cfg.grad_clip_max_norm, o.concurrent_blocks = cfg.concurrent_blocks;
+  o.eta = cfg.eta, o.grad_clip_max_norm = cfg.grad_clip_max_norm;
   o.fused_kernels = cfg.kernels == "fused";
   o.data_parallel = pick("parallel", cfg.parallel, {"block", "data"}) == 1;
   return o;
@@ -36,8 +33,7 @@ DTMethod::DTMethod(const Config& cfg, NoPropNet net)
       opt_(DTOptions::from(cfg)),
       net_(std::move(net)),
       schedule_(ScheduleOptions{cfg.num_layers, cfg.cosine_s, cfg.noise_schedule_min, cfg.noise_schedule_max}),
-      sequential_(opt_.block_order == DTOptions::Order::sequential),
-      on_cpu_(net_->parameters().front().device().is_cpu()) {
+      sequential_(opt_.block_order == DTOptions::Order::sequential) {
   for (int t = 1; t <= net_->T(); ++t) {
     block_params_.push_back(net_->block(t)->parameters());
     block_opts_.push_back(make_optimizer(cfg_, block_params_.back()));
@@ -84,12 +80,11 @@ std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> split_shared(c
 }
 }  // namespace
 
-DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed,
-                                         bool shared_terms) {
+DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   // LibTorch's own dropout (CUDA, kernels: torch) draws from the default generator: seeded per
-  // block too when blocks run one after another (they never run concurrently then).
-  if (concurrency() == 1) torch::manual_seed(seed);
+  // block too.
+  torch::manual_seed(seed);
   auto u_y = net_->embed->forward(y);
   const double ab_prev = schedule_.alpha_bar(t - 1);
   auto z_prev = std::sqrt(ab_prev) * u_y + std::sqrt(1 - ab_prev) * normal_like(u_y, gen);
@@ -99,16 +94,12 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
     loss_t = block_loss(t, net_->denoise(t, x, z_prev), u_y);
   }
   BlockStep r;
-  r.eps_T = normal_like(u_y, gen);
-  auto total = loss_t;
+  std::tie(r.ce, r.kl) = shared_losses(y, normal_like(u_y, gen));
+  auto total = loss_t + r.ce + r.kl;
   std::vector<torch::Tensor> inputs = block_params_[t - 1];
-  if (shared_terms) {
-    std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
-    total = total + r.ce + r.kl;
-    inputs.insert(inputs.end(), shared_params_.begin(), shared_params_.end());
-  }
-  // Gradients come back as tensors rather than accumulating into .grad, so that blocks on
-  // concurrent threads never write to the shared parameters' gradients.
+  inputs.insert(inputs.end(), shared_params_.begin(), shared_params_.end());
+  // Gradients come back as tensors rather than accumulating into .grad: the shared ones are
+  // applied by the caller (per block, or summed over the ranks first).
   auto grads = torch::autograd::grad({total}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
                                      /*allow_unused=*/true);
   const auto n = std::ptrdiff_t(block_params_[t - 1].size());
@@ -138,33 +129,6 @@ std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Ten
   return {ce, kl};
 }
 
-int DTMethod::concurrency() const {
-  if (sequential_ || parallel_->shards_batches() || !on_cpu_ || !opt_.fused_kernels) return 1;
-  // Per-block shared updates take each head step after the previous one; the blocks can still
-  // run concurrently, unless their losses read learned embeddings that those steps change.
-  if (opt_.shared_update == DTOptions::SharedUpdate::per_block && net_->embed->learned) return 1;
-  const int k = opt_.concurrent_blocks > 0 ? opt_.concurrent_blocks : at::get_num_threads();
-  return std::max(1, std::min(k, net_->T()));
-}
-
-void DTMethod::for_blocks(const std::function<void(int)>& body) {
-  const int T = net_->T(), k = concurrency();
-  if (k <= 1) {
-    for (int t = 1; t <= T; ++t) body(t);
-    return;
-  }
-  // k workers on LibTorch's intra-op threads, each training its share of the blocks with
-  // single-threaded ops (LibTorch, oneDNN and OpenBLAS run serially inside a parallel region).
-  // On the 2-core reference machine this was no faster than splitting every op across both
-  // threads (docs/speed.md), hence off by default.
-  const at::ThreadLocalState state;
-  at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
-    at::ThreadLocalStateGuard guard(state);
-    for (int64_t w = begin; w < end; ++w)
-      for (int t = int(w) + 1; t <= T; t += k) body(t);
-  });
-}
-
 std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const torch::Tensor& y, int pass) {
   if (opt_.shared_update == DTOptions::SharedUpdate::per_batch) return train_step_per_batch(x, y);
   const int T = net_->T();
@@ -175,32 +139,16 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
   auto zero = torch::zeros({}, x.options());
   torch::Tensor ce_sum = zero, kl_sum = zero;
   int steps = 0;  // blocks actually updated (a non-finite step is skipped)
-  auto shared_step = [&](int t, BlockStep& r) {
-    if (!r.stepped) return;
-    out[t - 1] = r.loss;    // the block stepped, whatever becomes of the head's step
-    if (!r.ce.defined()) {  // concurrent blocks: the shared terms now, at the current head
-      std::tie(r.ce, r.kl) = shared_losses(y, r.eps_T);
-      if (!shared_params_.empty())
-        r.shared_grads = torch::autograd::grad({r.ce + r.kl}, shared_params_, {}, false, false, true);
-      auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
-      if (!clip_and_check_grads({head_grads, embed_grads}, opt_.grad_clip_max_norm, r.ce + r.kl, "head")) return;
-    }
+  const uint64_t seeds = block_seeds();
+  for (int t = first; t <= last; ++t) {
+    const auto r = step_block(t, x, y, seeds + t);
+    if (!r.stepped) continue;
+    out[t - 1] = r.loss;  // the block stepped, whatever becomes of the head's step
     for (size_t i = 0; i < shared_params_.size(); ++i) shared_params_[i].mutable_grad() = r.shared_grads[i];
     shared_opt_->step();
     ce_sum = ce_sum + r.ce.detach();
     kl_sum = kl_sum + r.kl.detach();
     ++steps;
-  };
-  const uint64_t seeds = block_seeds();
-  if (concurrency() > 1) {
-    std::vector<BlockStep> results(T);
-    for_blocks([&](int t) { results[t - 1] = step_block(t, x, y, seeds + t, /*shared_terms=*/false); });
-    for (int t = 1; t <= T; ++t) shared_step(t, results[t - 1]);
-  } else {
-    for (int t = first; t <= last; ++t) {
-      auto r = step_block(t, x, y, seeds + t, /*shared_terms=*/true);
-      shared_step(t, r);
-    }
   }
   torch::manual_seed(seeds);  // the default generator's state no longer depends on the blocks
   if (steps == 0) return out;
@@ -215,7 +163,7 @@ std::vector<torch::Tensor> DTMethod::train_step(const torch::Tensor& x, const to
 
 uint64_t DTMethod::block_seeds() {
   // One draw from the common generator state gives every block its own stream (seed + t):
-  // block t sees the same noise and dropout masks whichever thread or rank trains it.
+  // block t sees the same noise and dropout masks whichever rank trains it.
   return uint64_t(torch::randint(int64_t(1) << 62, {1}, torch::kInt64).item<int64_t>());
 }
 
@@ -230,9 +178,8 @@ std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x
   auto grads = torch::zeros({T, shared_numel}, x.options().dtype(torch::kFloat32));
   auto stats = torch::zeros({2 * T + 2}, x.options().dtype(torch::kFloat32));
   std::vector<BlockStep> results(T);
-  for_blocks([&](int t) {
-    if (owns(t)) results[t - 1] = step_block(t, x, y, seeds + t, /*shared_terms=*/true);
-  });
+  for (int t = 1; t <= T; ++t)
+    if (owns(t)) results[t - 1] = step_block(t, x, y, seeds + t);
   torch::manual_seed(seeds);  // the same generator state on every rank from here on
   for (int t = 1; t <= T; ++t) {
     const auto& r = results[t - 1];

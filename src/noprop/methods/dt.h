@@ -8,7 +8,6 @@
 // Nothing flows between blocks: each block's graph starts from a freshly sampled z_{t−1}.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,7 +23,6 @@ struct DTOptions {
   enum class ClipScaling { none, loss_weight } grad_clip_scaling = ClipScaling::none;
   double eta = 0.1;
   double grad_clip_max_norm = 1.0;
-  int concurrent_blocks = 1;
   bool fused_kernels = true;
   bool data_parallel = false;  // parallel: data (else block) in distributed runs
   // Error naming the key for a value this method does not know.
@@ -70,23 +68,18 @@ class DTMethod : public Method {
   std::unique_ptr<Parallelism> make_parallelism(Distributed& dist) override;
 
  private:
-  // Block t's loss (plus the shared terms, with shared_terms) on a batch: gradients, clipping,
-  // check, and the block's own optimizer step. Noise and dropout come from `seed`. The shared
-  // gradients are returned, not applied. stepped = false: skipped (non-finite), nothing changed.
+  // Block t's loss plus the shared terms on a batch: gradients, clipping, check, and the block's
+  // own optimizer step. Noise and dropout come from `seed`. The shared gradients are returned,
+  // not applied. stepped = false: skipped (non-finite), nothing changed.
   struct BlockStep {
     bool stepped = false;
     torch::Tensor loss, ce, kl;
-    torch::Tensor eps_T;                      // the noise of z_T for the shared terms
     std::vector<torch::Tensor> shared_grads;  // in shared_params_ order (undefined: none)
   };
-  BlockStep step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed, bool shared_terms);
+  BlockStep step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed);
   // CE and KL of Algorithm 1 with z_T = √ᾱ_T u_y + √(1 − ᾱ_T) eps_T.
   std::pair<torch::Tensor, torch::Tensor> shared_losses(const torch::Tensor& y, const torch::Tensor& eps_T);
   std::vector<torch::Tensor> train_step_per_batch(const torch::Tensor& x, const torch::Tensor& y);
-  // Blocks trained at once on CPU threads (config concurrent_blocks; 1: one after another).
-  int concurrency() const;
-  // body(t) for t = 1..T, spread over concurrency() threads.
-  void for_blocks(const std::function<void(int)>& body);
   static uint64_t block_seeds();
 
   Config cfg_;  // for the optimizers
@@ -94,7 +87,6 @@ class DTMethod : public Method {
   NoPropNet net_;
   CosineSchedule schedule_;
   bool sequential_;
-  bool on_cpu_;  // where the network lives (concurrent blocks are a CPU feature)
   std::vector<std::unique_ptr<torch::optim::Optimizer>> block_opts_;
   std::unique_ptr<torch::optim::Optimizer> shared_opt_;  // head and (learned) embeddings
   std::vector<std::vector<torch::Tensor>> block_params_;
