@@ -31,7 +31,8 @@ torch::Tensor relu_dropout(const torch::Tensor& x, double p, uint64_t seed);
 torch::Tensor relu_dropout(const torch::Tensor& x, double p);
 
 // While alive, the overloads above without a seed draw it, on this thread, from `gen` instead
-// of the default generator: blocks trained on concurrent threads each use their own stream.
+// of the default generator: each NoProp-DT block draws its masks from its own stream, the same
+// on whichever rank trains it.
 class GeneratorScope {
  public:
   explicit GeneratorScope(at::Generator gen);
