@@ -6,7 +6,7 @@
 #
 # usage: scripts/reproduce-table1.sh [--data-dir DIR] [--out DIR] [--devices LIST] [--jobs-per-device N]
 #                                    [--seeds "1 2 3"] [--datasets "mnist cifar10 cifar100"]
-#                                    [--only REGEX] [--threads N] [--quick] [--dry-run]
+#                                    [--only REGEX] [--threads N] [--eval-every N] [--quick] [--dry-run]
 #   --data-dir   where the data sets are (as for noprop train; default: its own search)
 #   --out        the runs' parent folder (default runs/table1, or runs/table1-quick)
 #   --devices    comma-separated: cpu, cuda, cuda:0,cuda:1,... (default: cuda:0..N-1 for the GPUs
@@ -14,6 +14,8 @@
 #   --jobs-per-device  runs at once on each device (default 1)
 #   --only       run only the runs whose name (DATASET-METHOD-EMBEDDING-sSEED) matches REGEX
 #   --threads    CPU threads per run (default: the cores divided among the runs at once)
+#   --eval-every test accuracy after every N epochs and after the last (default 10: the CT/FM
+#                prototype runs' 1000-step evaluations would otherwise cost more than all training)
 #   --quick      1 epoch on 1024 training and 1000 test samples, 10 inference steps, one
 #                inference run, seed 1 only: checks that every configuration runs, not results
 #   --dry-run    print the commands instead of running them
@@ -21,9 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '7,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '7,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 data_dir=""; out=""; devices=""; per_device=1; seeds="1 2 3"; datasets="mnist cifar10 cifar100"
-only="."; threads=""; quick=0; dry=0
+only="."; threads=""; eval_every=10; quick=0; dry=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data-dir) data_dir="$2"; shift 2 ;;
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --datasets) datasets="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --eval-every) eval_every="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --dry-run) dry=1; shift ;;
     -h|--help) usage ;;
@@ -43,6 +46,7 @@ done
 noprop="${NOPROP:-build/noprop}"
 [ -x "$noprop" ] || { echo "reproduce-table1.sh: no $noprop (build first: see README)" >&2; exit 2; }
 [[ "$per_device" =~ ^[1-9][0-9]*$ ]] || { echo "reproduce-table1.sh: --jobs-per-device must be a positive integer" >&2; exit 2; }
+[[ "$eval_every" =~ ^[1-9][0-9]*$ ]] || { echo "reproduce-table1.sh: --eval-every must be a positive integer" >&2; exit 2; }
 if [ -z "$devices" ]; then
   gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || true)
   if [ "${gpus:-0}" -gt 0 ]; then devices=$(seq -s, -f 'cuda:%g' 0 $((gpus - 1))); else devices=cpu; fi
@@ -50,11 +54,11 @@ fi
 IFS=, read -r -a device_list <<<"$devices"
 slots=$(( ${#device_list[@]} * per_device ))
 [ -n "$threads" ] || threads=$(( $(nproc) / slots > 0 ? $(nproc) / slots : 1 ))
-extra=()
+extra=(--set eval_every="$eval_every")
 if [ "$quick" = 1 ]; then
   [ -n "$out" ] || out=runs/table1-quick
   seeds="${seeds%% *}"
-  extra=(--epochs 1 --set train_samples=1024 --set test_samples=1000 --set inference_steps=10
+  extra+=(--epochs 1 --set train_samples=1024 --set test_samples=1000 --set inference_steps=10
          --set inference_runs=1 --set plot=false)
 fi
 [ -n "$out" ] || out=runs/table1

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 
+#include "noprop/runs.h"
 #include "noprop/trainer.h"
 #include "test_util.h"
 
@@ -35,6 +37,26 @@ TEST_P(TrainingTest, LearnsFarAboveChance) {
   std::getline(in, header);
   EXPECT_EQ(header.rfind("epoch,loss_", 0), 0u) << header;
   EXPECT_NE(header.find("test_accuracy"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// eval_every: the test set is evaluated after every N-th epoch and after the last; the other
+// epochs have no test accuracy (nan), and the best epoch is one that was evaluated.
+TEST(Training, EvaluatesEveryNEpochsAndAfterTheLast) {
+  auto dir = temp_dir("training-eval-every");
+  write_synthetic_mnist(dir / "data", 96, 100, 3);
+  Config cfg = tiny_config(dir / "data");
+  cfg.epochs = 5;
+  cfg.batch_size = 32;
+  cfg.eval_every = 2;
+  auto s = train(RunOptions{cfg, "tiny", dir / "run", false, true});
+  const auto acc = read_run(dir / "run").column("test_accuracy");
+  ASSERT_EQ(acc.size(), 5u);
+  for (int epoch : {1, 3}) EXPECT_TRUE(std::isnan(acc[size_t(epoch - 1)])) << epoch;
+  for (int epoch : {2, 4, 5}) EXPECT_TRUE(std::isfinite(acc[size_t(epoch - 1)])) << epoch;
+  const int best = s["best_epoch"].get<int>();
+  EXPECT_TRUE(best == 2 || best == 4 || best == 5) << best;
+  EXPECT_EQ(s["best_test_accuracy"].get<double>(), acc[size_t(best - 1)]);
   fs::remove_all(dir);
 }
 

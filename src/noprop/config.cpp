@@ -164,6 +164,8 @@ const std::vector<Key>& keys() {
       number("inference_seed", &Config::inference_seed, 0, 9.2e18, "seed of the inference noise"),
       number("eval_batch_size", &Config::eval_batch_size, 1, 1 << 20, "evaluation batch size"),
       flag("train_eval", &Config::train_eval, "also measure training-set accuracy each epoch"),
+      number("eval_every", &Config::eval_every, 1, 1e9,
+             "test accuracy after every N epochs and after the last (the others: nan in metrics.csv)"),
       number("log_interval", &Config::log_interval, 1, 1 << 30, "batches between progress lines"),
       flag("detailed_logging", &Config::detailed_logging, "per-batch rows in batches.csv"),
       flag("save_best", &Config::save_best, "write best.pt"),

@@ -185,9 +185,9 @@ std::string compare_table(const std::vector<RunRecord>& runs, double target) {
   for (const auto& r : runs) {
     auto acc = r.column("test_accuracy"), epoch = r.column("epoch"), wall = r.wall_seconds(),
          train = r.column("seconds");
-    std::size_t best = 0;
+    std::size_t best = 0;  // the best evaluated epoch (eval_every leaves nan between)
     for (std::size_t i = 1; i < acc.size(); ++i)
-      if (acc[i] > acc[best]) best = i;
+      if (acc[i] > acc[best] || !std::isfinite(acc[best])) best = i;
     std::string to_epochs = "—", to_seconds = "—";
     for (std::size_t i = 0; i < acc.size(); ++i)
       if (acc[i] >= target) {

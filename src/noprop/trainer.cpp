@@ -547,10 +547,11 @@ void Trainer::finish_epoch(int64_t epoch, EpochTotals& totals, double train_s) {
   release_free_memory();
   memory_.phase("evaluation");
   const auto te0 = Clock::now();
-  const double test_acc =
-      evaluate(*method_, data_.test, 1, inference_, cfg_.inference_seed, cfg_.eval_batch_size, device_).mean;
-  double train_acc = NAN;
-  if (cfg_.train_eval)
+  const bool evaluated = epoch % cfg_.eval_every == 0 || epoch == cfg_.epochs;
+  double test_acc = NAN, train_acc = NAN;
+  if (evaluated)
+    test_acc = evaluate(*method_, data_.test, 1, inference_, cfg_.inference_seed, cfg_.eval_batch_size, device_).mean;
+  if (evaluated && cfg_.train_eval)
     train_acc = evaluate(*method_, data_.train, 1, inference_, cfg_.inference_seed, cfg_.eval_batch_size, device_).mean;
   const double eval_s = seconds_since(te0);
 
@@ -564,9 +565,9 @@ void Trainer::finish_epoch(int64_t epoch, EpochTotals& totals, double train_s) {
   if (lead_ && cfg_.detailed_logging) batches_->flush();
 
   state_.epoch = epoch;
-  const bool improved = test_acc > state_.best_test_accuracy;
+  const bool improved = evaluated && test_acc > state_.best_test_accuracy;
   if (improved) state_.best_test_accuracy = test_acc, state_.best_epoch = epoch;
-  last_test_accuracy_ = test_acc;
+  if (evaluated) last_test_accuracy_ = test_acc;
   release_free_memory();
   if (lead_ && cfg_.save_final) checkpoint(dir_ / "final.pt");
   if (lead_ && cfg_.save_best && improved) checkpoint(dir_ / "best.pt");
@@ -575,11 +576,11 @@ void Trainer::finish_epoch(int64_t epoch, EpochTotals& totals, double train_s) {
 
   std::ostringstream msg;
   msg << std::fixed << std::setprecision(2) << "epoch " << epoch << "/" << cfg_.epochs << "  loss "
-      << row[loss_names_.size()] << (totals.skipped ? "  skipped updates " + std::to_string(totals.skipped) : "")
-      << "  test accuracy " << test_acc << "%"
-      << (cfg_.train_eval ? "  train accuracy " + csv_number(train_acc) + "%" : "") << "  " << std::setprecision(1)
-      << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0) << double(totals.samples) / train_s
-      << " samples/s";
+      << row[loss_names_.size()] << (totals.skipped ? "  skipped updates " + std::to_string(totals.skipped) : "");
+  if (evaluated) msg << "  test accuracy " << test_acc << "%";
+  if (evaluated && cfg_.train_eval) msg << "  train accuracy " << csv_number(train_acc) << "%";
+  msg << "  " << std::setprecision(1) << train_s << " s (+" << eval_s << " s eval)  " << std::setprecision(0)
+      << double(totals.samples) / train_s << " samples/s";
   progress_->line(msg.str());
 }
 
