@@ -27,6 +27,7 @@
 #include "noprop/data.h"
 #include "noprop/datasets.h"
 #include "noprop/methods/method.h"
+#include "noprop/methods/network.h"
 #include "noprop/runtime.h"
 #include "noprop/util.h"
 
@@ -197,6 +198,7 @@ nlohmann::json run(const Args& a) {
       {"precision", a.precision},
       {"memory_format", a.channels_last ? "channels-last" : "contiguous"},
       {"kernels", cfg.kernels},
+      {"conv_precision", device.is_cpu() ? noprop::conv_precision(cfg) : "fp32"},
       {"torch", noprop::torch_version()},
       {"num_layers", cfg.num_layers},
       {"batch_size", B},

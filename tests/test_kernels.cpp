@@ -1,5 +1,6 @@
 // The fused kernels against LibTorch's relu / max_pool2d / dropout, forward and backward, with
-// the dropout mask the kernel used rebuilt from its seed.
+// the dropout mask the kernel used rebuilt from its seed; the bf16 convolution against fp64
+// convolutions of its bf16-rounded operands.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -13,6 +14,8 @@
 #include "noprop/kernels.h"
 #include "noprop/methods/helpers.h"
 #include "noprop/methods/method.h"
+#include "noprop/methods/network.h"
+#include "noprop/util.h"
 
 namespace noprop {
 namespace {
@@ -33,6 +36,16 @@ Result run(F f, const torch::Tensor& x0, const torch::Tensor& g) {
 void expect_equal(const Result& a, const Result& b) {
   EXPECT_TRUE(torch::allclose(a.out, b.out, 1e-6, 1e-7)) << (a.out - b.out).abs().max();
   EXPECT_TRUE(torch::allclose(a.grad, b.grad, 1e-6, 1e-7)) << (a.grad - b.grad).abs().max();
+}
+
+// Two blocks built from `a` and `b` holding the same parameters.
+std::pair<DenoiseBlock, DenoiseBlock> twin_blocks(const BlockOptions& a, const BlockOptions& b, uint64_t seed) {
+  torch::manual_seed(seed);
+  DenoiseBlock first(a), second(b);
+  torch::NoGradGuard no_grad;
+  auto src = first->parameters(), dst = second->parameters();
+  for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  return {first, second};
 }
 
 torch::Tensor keep_mask_like(uint64_t seed, const torch::Tensor& like, double p) {
@@ -155,15 +168,9 @@ TEST_P(Kernels, FusedBlockMatchesTheReferenceBlock) {
     BlockOptions opt;
     opt.architecture = arch;
     opt.dropout = 0.0;
-    torch::manual_seed(6);
-    DenoiseBlock fused(opt);
-    opt.fused_kernels = false;
-    DenoiseBlock ref(opt);
-    {
-      torch::NoGradGuard no_grad;
-      auto src = fused->parameters(), dst = ref->parameters();
-      for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
-    }
+    auto reference = opt;
+    reference.fused_kernels = false;
+    auto [fused, ref] = twin_blocks(opt, reference, 6);
     auto x = torch::randn({8, 1, 28, 28}), z = torch::randn({8, 10});
     auto a = fused->forward(x, z), b = ref->forward(x, z);
     EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-6)) << arch;
@@ -238,6 +245,112 @@ TEST(FusedAdamW, FollowsLibTorchsAdamW) {
   fused = std::move(continued);
   for (int k = 5; k < 8; ++k) step(k);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-7)) << i;
+}
+
+}  // namespace
+}  // namespace noprop
+
+namespace noprop {
+namespace {
+
+torch::Tensor bf16_rounded(const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble); }
+
+// conv3x3 in bf16 against an fp64 convolution of the same operands rounded to bf16: the kernel
+// multiplies bf16 values exactly and sums in fp32, so they agree to fp32 rounding; the input and
+// weight gradients likewise from the upstream gradient rounded to bf16.
+TEST(Conv3x3, Bf16MatchesAnFp64ConvolutionOfBf16Operands) {
+  if (!kernels::conv_bf16_supported()) GTEST_SKIP() << "no bf16 on this CPU, or no oneDNN in this build";
+  torch::manual_seed(7);
+  for (int64_t batch : {5, 16}) {
+    auto x = torch::randn({batch, 32, 10, 12}).requires_grad_();
+    auto w = (torch::randn({48, 32, 3, 3}) * 0.1).requires_grad_(), b = torch::randn({48}).requires_grad_();
+    auto gy = torch::randn({batch, 48, 10, 12});
+    auto y = kernels::conv3x3(x, w, b, true);
+    y.backward(gy);
+
+    auto xr = bf16_rounded(x).requires_grad_(), wr = bf16_rounded(w).requires_grad_();
+    auto br = b.detach().to(torch::kDouble).requires_grad_();
+    auto yr = torch::conv2d(xr, wr, br, 1, 1);
+    yr.backward(bf16_rounded(gy));
+    auto close = [](const torch::Tensor& a, const torch::Tensor& ref) {
+      return (a.to(torch::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+    };
+    EXPECT_LT(close(y, yr), 1e-5) << batch;
+    EXPECT_LT(close(x.grad(), xr.grad()), 1e-5) << batch;
+    EXPECT_LT(close(w.grad(), wr.grad()), 1e-5) << batch;
+    EXPECT_LT(close(b.grad(), br.grad()), 1e-5) << batch;
+    // And against LibTorch's fp32 op, bf16's rounding apart.
+    EXPECT_LT(close(y, torch::conv2d(x, w, b, 1, 1).to(torch::kDouble)), 2e-2) << batch;
+  }
+}
+
+// Without bf16, with few input channels, or on anything but CPU float32: LibTorch's op, exactly.
+TEST(Conv3x3, OtherwiseLibTorchsConvolution) {
+  torch::manual_seed(8);
+  auto w32 = torch::randn({8, 32, 3, 3}), w1 = torch::randn({8, 1, 3, 3}), b = torch::randn({8});
+  auto x32 = torch::randn({2, 32, 6, 6}), x1 = torch::randn({2, 1, 6, 6});
+  EXPECT_TRUE(torch::equal(kernels::conv3x3(x32, w32, b, false), torch::conv2d(x32, w32, b, 1, 1)));
+  EXPECT_TRUE(torch::equal(kernels::conv3x3(x1, w1, b, true), torch::conv2d(x1, w1, b, 1, 1)));
+  auto xd = x32.to(torch::kDouble), wd = w32.to(torch::kDouble), bd = b.to(torch::kDouble);
+  EXPECT_TRUE(torch::equal(kernels::conv3x3(xd, wd, bd, true), torch::conv2d(xd, wd, bd, 1, 1)));
+}
+
+// The bf16 path inside a block trains like the fp32 one: same loss after a few steps to within
+// bf16's rounding (the end-to-end accuracy check is in docs/speed.md).
+TEST(Conv3x3, Bf16BlockFollowsTheFp32Block) {
+  if (!kernels::conv_bf16_supported()) GTEST_SKIP() << "no bf16 on this CPU, or no oneDNN in this build";
+  BlockOptions opt;
+  opt.architecture = "paper";
+  opt.dropout = 0.0;
+  auto bf16_opt = opt;
+  bf16_opt.conv_bf16 = true;
+  auto [fp32, bf16] = twin_blocks(opt, bf16_opt, 9);
+  auto x = torch::rand({16, 1, 28, 28}), z = torch::randn({16, 10});
+  auto target = torch::randint(0, 10, {16});
+  std::vector<double> losses[2];
+  int k = 0;
+  for (DenoiseBlock* block : {&fp32, &bf16}) {
+    torch::optim::Adam opt_((*block)->parameters(), 1e-3);
+    for (int step = 0; step < 5; ++step) {
+      opt_.zero_grad();
+      auto loss = torch::cross_entropy_loss((*block)->forward(x, z), target);
+      loss.backward();
+      opt_.step();
+      losses[k].push_back(loss.item<double>());
+    }
+    ++k;
+  }
+  for (size_t i = 0; i < losses[0].size(); ++i) EXPECT_NEAR(losses[1][i], losses[0][i], 0.02 * losses[0][i]) << i;
+  EXPECT_LT(losses[1].back(), losses[1].front());
+}
+
+}  // namespace
+}  // namespace noprop
+
+namespace noprop {
+namespace {
+
+// conv_precision: auto takes bf16 only where it pays (AMX) and never with LibTorch's kernels; an
+// explicit bf16 that cannot be had is an error naming the key, not a silent fp32 run.
+TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
+  Config cfg;
+  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast() ? "bf16" : "fp32");
+  cfg.conv_precision = "fp32";
+  EXPECT_EQ(conv_precision(cfg), "fp32");
+  cfg.kernels = "torch";
+  cfg.conv_precision = "auto";
+  EXPECT_EQ(conv_precision(cfg), "fp32");
+  cfg.conv_precision = "bf16";
+  try {
+    conv_precision(cfg);
+    FAIL() << "bf16 with kernels: torch accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'conv_precision'"), std::string::npos) << e.what();
+  }
+  cfg.kernels = "fused";
+  if (kernels::conv_bf16_supported()) {
+    EXPECT_EQ(conv_precision(cfg), "bf16");
+  }
 }
 
 }  // namespace

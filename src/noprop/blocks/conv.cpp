@@ -50,8 +50,8 @@ nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm) {
   return s;
 }
 
-torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, bool fused) {
-  if (!fused) return path->forward(x);
+torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt) {
+  if (!opt.fused_kernels) return path->forward(x);
   const size_t n = path->size();
   auto is = [&](size_t i, auto* type) {
     using M = std::remove_pointer_t<decltype(type)>;
@@ -64,11 +64,16 @@ torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, bo
   const nn::ReLUImpl* relu = nullptr;
   const nn::MaxPool2dImpl* pool = nullptr;
   const nn::DropoutImpl* dropout = nullptr;
+  const nn::Conv2dImpl* conv = nullptr;
   torch::Tensor h = x;
   for (size_t i = 0; i < n;) {
-    if (is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
-        *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&
-        *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.stride() == *torch::ExpandingArray<2>(2)) {
+    if (is(i, conv)) {  // every convolution here is conv3x3: 3×3, stride 1, padding 1
+      const auto& c = *path->ptr<nn::Conv2dImpl>(i);
+      h = kernels::conv3x3(h, c.weight, c.bias, opt.conv_bf16);
+      ++i;
+    } else if (is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
+               *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&
+               *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.stride() == *torch::ExpandingArray<2>(2)) {
       h = kernels::relu_pool_dropout(h, dropout_p(i + 2));
       i += 3;
     } else if (is(i, relu) && is(i + 1, dropout)) {
@@ -101,11 +106,10 @@ DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
 }
 
 torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
-  auto img = conv_path_forward(image_path, x, options.fused_kernels);
+  auto img = conv_path_forward(image_path, x, options);
   torch::Tensor lab;
   if (options.label_is_image) {
-    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}),
-                            options.fused_kernels);
+    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options);
   } else {
     auto h = label_in->forward(z);
     lab = label_res->forward(h) + h;
@@ -136,16 +140,16 @@ ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt)
 
 torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
   // fused_in(concat(img, lab, time)) = img·W_imgᵀ + b + lab·W_labᵀ + time·W_timeᵀ.
-  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options.fused_kernels),
+  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options),
                       fused_in->weight.slice(1, 0, kFeatures).t());
 }
 
 torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
                                                     const torch::Tensor& t) {
-  auto lab = options.label_is_image
-                 ? conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}),
-                                     options.fused_kernels)
-                 : label_in->forward(z);
+  auto lab =
+      options.label_is_image
+          ? conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options)
+          : label_in->forward(z);
   auto tim = time_in->forward(time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim));
   const auto& w = fused_in->weight;
   auto h = prepared + lab.matmul(w.slice(1, kFeatures, 2 * kFeatures).t()) +

@@ -11,12 +11,31 @@
 
 namespace noprop {
 
+std::string conv_precision(const Config& cfg) {
+  const bool fused = cfg.kernels == "fused";
+  if (cfg.conv_precision == "bf16" && !(fused && kernels::conv_bf16_supported()))
+    throw Error(
+        "config key 'conv_precision': bf16 needs kernels: fused, a build with oneDNN and a CPU with "
+        "AVX512-BF16 or AMX");
+  const bool bf16 =
+      cfg.conv_precision == "bf16" || (cfg.conv_precision == "auto" && fused && kernels::conv_bf16_fast());
+  return bf16 ? "bf16" : "fp32";
+}
+
 BlockOptions block_options(const Config& cfg, const DataInfo& info) {
   const bool proto = cfg.embedding == "prototype";
   const int m = info.num_classes;
   const int d = cfg.embedding == "one-hot" ? m : proto ? info.channels * info.height * info.width : cfg.embedding_dim;
-  return BlockOptions{cfg.architecture, info.channels, info.height,           info.width, d, m,
-                      cfg.dropout,      proto,         cfg.kernels == "fused"};
+  return BlockOptions{cfg.architecture,
+                      info.channels,
+                      info.height,
+                      info.width,
+                      d,
+                      m,
+                      cfg.dropout,
+                      proto,
+                      cfg.kernels == "fused",
+                      conv_precision(cfg) == "bf16"};
 }
 
 NoPropNetImpl::NoPropNetImpl(const Config& cfg, const DataInfo& info, const torch::Tensor& prototypes) {
