@@ -255,44 +255,57 @@ namespace {
 
 torch::Tensor bf16_rounded(const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble); }
 
-// conv3x3 in bf16 against an fp64 convolution of the same operands rounded to bf16: the kernel
-// multiplies bf16 values exactly and sums in fp32, so they agree to fp32 rounding; the input and
-// weight gradients likewise from the upstream gradient rounded to bf16.
-TEST(Conv3x3, Bf16MatchesAnFp64ConvolutionOfBf16Operands) {
+// conv3x3 and linear in bf16 against fp64 ops on the same operands rounded to bf16: the kernels
+// multiply bf16 values exactly and sum in fp32, so they agree to fp32 rounding; the input and
+// weight gradients likewise from the upstream gradient rounded to bf16. A 3-channel input (the
+// first convolution) runs in fp32: against fp64 on the operands as they are.
+TEST(Conv3x3, Bf16MatchesAnFp64OpOnBf16Operands) {
   if (!kernels::conv_bf16_supported()) GTEST_SKIP() << "no bf16 on this CPU, or no oneDNN in this build";
   torch::manual_seed(7);
-  for (int64_t batch : {5, 16}) {
-    auto x = torch::randn({batch, 32, 10, 12}).requires_grad_();
-    auto w = (torch::randn({48, 32, 3, 3}) * 0.1).requires_grad_(), b = torch::randn({48}).requires_grad_();
-    auto gy = torch::randn({batch, 48, 10, 12});
-    auto y = kernels::conv3x3(x, w, b, true);
-    y.backward(gy);
+  for (int64_t batch : {5, 16})
+    for (const std::string kind : {"conv3x3", "linear", "first conv3x3"}) {
+      SCOPED_TRACE(kind);
+      const bool conv = kind != "linear", fp32 = kind == "first conv3x3";
+      const int64_t c = fp32 ? 3 : 32;
+      auto x = (conv ? torch::randn({batch, c, 10, 12}) : torch::randn({batch, 300})).requires_grad_();
+      auto w = ((conv ? torch::randn({48, c, 3, 3}) : torch::randn({48, 300})) * 0.1).requires_grad_();
+      auto b = torch::randn({48}).requires_grad_();
+      auto op = [&](const torch::Tensor& a, const torch::Tensor& k, const torch::Tensor& c) {
+        return conv ? torch::conv2d(a, k, c, 1, 1) : torch::linear(a, k, c);
+      };
+      auto y = conv ? kernels::conv3x3(x, w, b, true) : kernels::linear(x, w, b, true);
+      auto gy = torch::randn(y.sizes());
+      y.backward(gy);
 
-    auto xr = bf16_rounded(x).requires_grad_(), wr = bf16_rounded(w).requires_grad_();
-    auto br = b.detach().to(torch::kDouble).requires_grad_();
-    auto yr = torch::conv2d(xr, wr, br, 1, 1);
-    yr.backward(bf16_rounded(gy));
-    auto close = [](const torch::Tensor& a, const torch::Tensor& ref) {
-      return (a.to(torch::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
-    };
-    EXPECT_LT(close(y, yr), 1e-5) << batch;
-    EXPECT_LT(close(x.grad(), xr.grad()), 1e-5) << batch;
-    EXPECT_LT(close(w.grad(), wr.grad()), 1e-5) << batch;
-    EXPECT_LT(close(b.grad(), br.grad()), 1e-5) << batch;
-    // And against LibTorch's fp32 op, bf16's rounding apart.
-    EXPECT_LT(close(y, torch::conv2d(x, w, b, 1, 1).to(torch::kDouble)), 2e-2) << batch;
-  }
+      auto rounded = [&](const torch::Tensor& t) { return fp32 ? t.detach().to(torch::kDouble) : bf16_rounded(t); };
+      auto xr = rounded(x).requires_grad_(), wr = rounded(w).requires_grad_();
+      auto br = b.detach().to(torch::kDouble).requires_grad_();
+      auto yr = op(xr, wr, br);
+      yr.backward(rounded(gy));
+      auto close = [](const torch::Tensor& a, const torch::Tensor& ref) {
+        return (a.to(torch::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+      };
+      EXPECT_LT(close(y, yr), 1e-5) << batch;
+      EXPECT_LT(close(x.grad(), xr.grad()), 1e-5) << batch;
+      EXPECT_LT(close(w.grad(), wr.grad()), 1e-5) << batch;
+      EXPECT_LT(close(b.grad(), br.grad()), 1e-5) << batch;
+      // And against LibTorch's fp32 op, bf16's rounding apart.
+      EXPECT_LT(close(y, op(x, w, b).to(torch::kDouble)), fp32 ? 1e-5 : 2e-2) << batch;
+    }
 }
 
-// Without bf16, with few input channels, or on anything but CPU float32: LibTorch's op, exactly.
+// Without bf16, or on anything but CPU float32: LibTorch's ops, exactly.
 TEST(Conv3x3, OtherwiseLibTorchsConvolution) {
   torch::manual_seed(8);
-  auto w32 = torch::randn({8, 32, 3, 3}), w1 = torch::randn({8, 1, 3, 3}), b = torch::randn({8});
-  auto x32 = torch::randn({2, 32, 6, 6}), x1 = torch::randn({2, 1, 6, 6});
+  auto w32 = torch::randn({8, 32, 3, 3}), b = torch::randn({8});
+  auto x32 = torch::randn({2, 32, 6, 6});
   EXPECT_TRUE(torch::equal(kernels::conv3x3(x32, w32, b, false), torch::conv2d(x32, w32, b, 1, 1)));
-  EXPECT_TRUE(torch::equal(kernels::conv3x3(x1, w1, b, true), torch::conv2d(x1, w1, b, 1, 1)));
   auto xd = x32.to(torch::kDouble), wd = w32.to(torch::kDouble), bd = b.to(torch::kDouble);
   EXPECT_TRUE(torch::equal(kernels::conv3x3(xd, wd, bd, true), torch::conv2d(xd, wd, bd, 1, 1)));
+  auto v = torch::randn({3, 20}), m = torch::randn({8, 20});
+  EXPECT_TRUE(torch::equal(kernels::linear(v, m, b, false), torch::linear(v, m, b)));
+  EXPECT_TRUE(torch::equal(kernels::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd, true),
+                           torch::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd)));
 }
 
 // The bf16 path inside a block trains like the fp32 one: same loss after a few steps to within

@@ -177,7 +177,8 @@ const std::vector<Key>& keys() {
       text("kernels", &Config::kernels, {"fused", "torch"},
            "CPU: fused ReLU-pool-dropout kernels, or LibTorch's separate ops (the reference)"),
       text("conv_precision", &Config::conv_precision, {"auto", "fp32", "bf16"},
-           "CPU, kernels: fused: convolution operands in bf16 or fp32 (auto: bf16 where the CPU has AMX)"),
+           "CPU, kernels: fused: the image path's convolutions and first linear layer in bf16 or fp32 (auto: bf16 with "
+           "AMX)"),
       number("concurrent_blocks", &Config::concurrent_blocks, 0, 4096,
              "only 1 (blocks one after another); --workers N trains NoProp-DT blocks in parallel"),
       text("parallel", &Config::parallel, {"block", "data"},

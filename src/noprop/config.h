@@ -99,8 +99,9 @@ struct Config {
   // CPU, float32: the element-wise tail of each convolution (ReLU → max-pool → dropout) runs
   // as one fused kernel (fused), or as LibTorch's separate ops (torch, the reference) (ours).
   std::string kernels = "fused";
-  // With kernels: fused, the convolutions' operands in bf16 (fp32 results and weights) or fp32;
-  // auto: bf16 where the CPU has AMX (where it pays), else fp32.
+  // With kernels: fused, the image path's convolutions and its flattened-features layer take
+  // bf16 operands (fp32 results and weights) or run in fp32; auto: bf16 where the CPU has AMX
+  // (where it pays), else fp32.
   std::string conv_precision = "auto";
   // Only 1 (blocks one after another, every op on all threads): read so that config files that
   // name it stay valid. Blocks on concurrent threads of one process made LibTorch's oneDNN

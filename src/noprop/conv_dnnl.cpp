@@ -1,19 +1,22 @@
-// The image path's 3×3 convolutions with bf16 operands through oneDNN directly (kernels.h:
-// conv3x3), on CPUs that compute bf16 natively (AMX, AVX512-BF16).
+// The image path's 3×3 convolutions and its flattened-features layer with bf16 operands through
+// oneDNN directly (kernels.h: conv3x3, linear), on CPUs that compute bf16 natively (AMX pays;
+// AVX512-BF16 alone was slower than fp32).
 //
 // Why not LibTorch's op on bf16 tensors, which calls the same library (Debian's LibTorch links
 // libdnnl.so.2)? Measured with bench/bench_dnnl.cpp (docs/speed.md): LibTorch casts every operand
 // and reorders around every call, and its bf16 autocast made a step slower than fp32; oneDNN
-// called directly runs its AMX kernels at 4-11× the fp32 speed. Each call here reorders its
-// fp32 NCHW operands into the bf16 layouts oneDNN chooses, runs one primitive into fp32, and
-// reorders back: fp32 in and out (weights, gradients and everything else stay fp32).
+// called directly runs its AMX kernels at 4-11× the fp32 speed (the layer after the
+// convolutions, 3136 or 6272 → 256, is OpenBLAS fp32 otherwise). Each call here reorders its
+// fp32 operands into the bf16 layouts oneDNN chooses, runs one primitive into fp32, and reorders
+// back: fp32 in and out (weights, gradients and everything else stay fp32).
 #include "noprop/kernels.h"
 
 #ifdef NOPROP_WITH_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <array>
 #include <map>
+#include <tuple>
+#include <vector>
 #include <memory>
 #include <mutex>
 #endif
@@ -35,28 +38,61 @@ const dnnl::engine& engine() {
 
 memory::dims dims_of(const torch::Tensor& t) { return memory::dims(t.sizes().begin(), t.sizes().end()); }
 
-// The descriptors of one convolution: x N×C×H×W, w K×C×3×3, padding 1, stride 1. In bf16, the
-// operands (x, w, the output's gradient) are bf16; results and gradients are computed into fp32.
-struct Descs {
-  memory::desc src, wei, bias, dst, dsrc, ddst, dwei;
-  memory::dims strides{1, 1}, pad{1, 1};
-  Descs(torch::IntArrayRef x, const torch::Tensor& w, bool bf16) {
-    const dt in = bf16 ? dt::bf16 : dt::f32;
-    const memory::dims y{x[0], w.size(0), x[2], x[3]};
-    src = {memory::dims(x.begin(), x.end()), in, tag::any};
-    wei = {dims_of(w), in, tag::any};
-    bias = {{w.size(0)}, dt::f32, tag::x};
-    dst = {y, dt::f32, tag::any};
-    dsrc = {memory::dims(x.begin(), x.end()), dt::f32, tag::any};
-    ddst = {y, in, tag::any};
-    dwei = {dims_of(w), dt::f32, tag::any};
+// conv3x3_fp32: fp32 operands (the first convolution, see conv3x3).
+enum class Op { conv3x3, linear, conv3x3_fp32 };
+
+// The primitives of one operation and shape, made once: making a descriptor costs about as
+// much as running a small convolution (the backward pass took twice as long when it rebuilt
+// them). Operands (x, w, the output's gradient) in bf16, results and gradients into fp32, every
+// layout oneDNN's choice; the bias stays fp32.
+struct Primitives {
+  dnnl::primitive_desc fwd_pd, bwd_data_pd, bwd_weights_pd;
+  dnnl::primitive fwd, bwd_data, bwd_weights;
+
+  // x: N×C×H×W and w: K×C×3×3 (padding 1, stride 1), or x: N×C and w: K×C.
+  Primitives(Op op, const memory::dims& x, const memory::dims& w) {
+    const bool conv = op != Op::linear;
+    const dt in = op == Op::conv3x3_fp32 ? dt::f32 : dt::bf16;
+    memory::dims y{x[0], w[0]};
+    if (conv) y.insert(y.end(), {x[2], x[3]});
+    auto md = [](const memory::dims& d, dt type) { return memory::desc(d, type, tag::any); };
+    const memory::desc src = md(x, in), wei = md(w, in), dst = md(y, dt::f32), dsrc = md(x, dt::f32), ddst = md(y, in),
+                       dwei = md(w, dt::f32), bias({w[0]}, dt::f32, tag::x);
+    const auto& eng = engine();
+    if (conv) {
+      const memory::dims strides{1, 1}, pad{1, 1};
+      const auto alg = dnnl::algorithm::convolution_direct;
+      dnnl::convolution_forward::primitive_desc f(
+          {dnnl::prop_kind::forward_training, alg, src, wei, bias, dst, strides, pad, pad}, eng);
+      bwd_data_pd = dnnl::convolution_backward_data::primitive_desc({alg, dsrc, wei, ddst, strides, pad, pad}, eng, f);
+      bwd_weights_pd =
+          dnnl::convolution_backward_weights::primitive_desc({alg, src, dwei, bias, ddst, strides, pad, pad}, eng, f);
+      fwd_pd = f;
+    } else {
+      dnnl::inner_product_forward::primitive_desc f({dnnl::prop_kind::forward_training, src, wei, bias, dst}, eng);
+      bwd_data_pd = dnnl::inner_product_backward_data::primitive_desc({dsrc, wei, ddst}, eng, f);
+      bwd_weights_pd = dnnl::inner_product_backward_weights::primitive_desc({src, dwei, bias, ddst}, eng, f);
+      fwd_pd = f;
+    }
+    fwd = dnnl::primitive(fwd_pd), bwd_data = dnnl::primitive(bwd_data_pd),
+    bwd_weights = dnnl::primitive(bwd_weights_pd);
   }
 };
 
-// A oneDNN memory over a contiguous fp32 tensor in its plain layout (NCHW, OIHW or x).
+const Primitives& primitives(Op op, torch::IntArrayRef x, torch::IntArrayRef w) {
+  static std::mutex mutex;
+  static std::map<std::tuple<Op, std::vector<int64_t>, std::vector<int64_t>>, std::unique_ptr<Primitives>> cache;
+  const memory::dims xd(x.begin(), x.end()), wd(w.begin(), w.end());
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& p = cache[{op, xd, wd}];
+  if (!p) p = std::make_unique<Primitives>(op, xd, wd);
+  return *p;
+}
+
+// A oneDNN memory over a contiguous fp32 tensor in its plain layout.
 memory plain(const torch::Tensor& t) {
-  const tag layout = t.dim() == 4 ? tag::abcd : tag::a;
-  return memory({dims_of(t), dt::f32, layout}, engine(), t.data_ptr());
+  static const tag layouts[] = {tag::undef, tag::a, tag::ab, tag::abc, tag::abcd};
+  return memory({dims_of(t), dt::f32, layouts[t.dim()]}, engine(), t.data_ptr());
 }
 
 // `user` in layout `want`: itself when they agree, else a reordered copy.
@@ -67,10 +103,11 @@ memory as(memory user, const memory::desc& want, dnnl::stream& s) {
   return m;
 }
 
-// Runs `prim` writing `out` (in `out_desc`'s layout) into a new fp32 tensor shaped `shape`.
+// Runs `prim` writing `out` (in `out_desc`'s layout) into a new fp32 tensor shaped like it.
 torch::Tensor run(const dnnl::primitive& prim, std::unordered_map<int, memory> args, int out_arg,
-                  const memory::desc& out_desc, torch::IntArrayRef shape, dnnl::stream& s) {
-  auto result = torch::empty(shape);
+                  const memory::desc& out_desc, dnnl::stream& s) {
+  const auto dims = out_desc.dims();
+  auto result = torch::empty(std::vector<int64_t>(dims.begin(), dims.end()));
   memory user = plain(result);
   const bool direct = out_desc == user.get_desc();
   memory out = direct ? user : memory(out_desc, engine());
@@ -80,57 +117,24 @@ torch::Tensor run(const dnnl::primitive& prim, std::unordered_map<int, memory> a
   return result;
 }
 
-// The three primitives of one shape, made once: making a descriptor costs about as much as
-// running a small convolution (measured: the backward pass took twice as long when it rebuilt them).
-struct Primitives {
-  dnnl::convolution_forward::primitive_desc fwd_pd;
-  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
-  dnnl::convolution_forward fwd;
-  dnnl::convolution_backward_data bwd_data;
-  dnnl::convolution_backward_weights bwd_weights;
-  explicit Primitives(const Descs& d)
-      : fwd_pd({dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src, d.wei, d.bias, d.dst,
-                d.strides, d.pad, d.pad},
-               engine()),
-        bwd_data_pd({dnnl::algorithm::convolution_direct, d.dsrc, d.wei, d.ddst, d.strides, d.pad, d.pad}, engine(),
-                    fwd_pd),
-        bwd_weights_pd({dnnl::algorithm::convolution_direct, d.src, d.dwei, d.bias, d.ddst, d.strides, d.pad, d.pad},
-                       engine(), fwd_pd),
-        fwd(fwd_pd),
-        bwd_data(bwd_data_pd),
-        bwd_weights(bwd_weights_pd) {}
-};
-
-// x_shape: N×C×H×W.
-const Primitives& primitives(torch::IntArrayRef x_shape, const torch::Tensor& w, bool bf16) {
-  static std::mutex mutex;
-  static std::map<std::array<int64_t, 6>, std::unique_ptr<Primitives>> cache;
-  const std::array<int64_t, 6> key{x_shape[0], x_shape[1], x_shape[2], x_shape[3], w.size(0), bf16};
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& p = cache[key];
-  if (!p) p = std::make_unique<Primitives>(Descs(x_shape, w, bf16));
-  return *p;
-}
-
-struct Conv3x3 : torch::autograd::Function<Conv3x3> {
+struct Bf16Op : torch::autograd::Function<Bf16Op> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& w_in,
-                               const torch::Tensor& b_in, bool bf16) {
+                               const torch::Tensor& b_in, int64_t op) {
     auto x = x_in.contiguous(), w = w_in.contiguous(), b = b_in.contiguous();
-    const auto& p = primitives(x.sizes(), w, bf16);
+    const auto& p = primitives(Op(op), x.sizes(), w.sizes());
     dnnl::stream s(engine());
-    // x in the primitive's layout, kept for the weights' gradient (half of x's size in bf16).
+    // x in the primitive's bf16 layout, kept for the weights' gradient (half of x's size).
     auto x_in_layout = torch::empty({int64_t(p.fwd_pd.src_desc().get_size())}, torch::kUInt8);
-    memory src(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr());
-    dnnl::reorder(plain(x), src).execute(s, {{DNNL_ARG_FROM, plain(x)}, {DNNL_ARG_TO, src}});
+    memory src(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr()), user = plain(x);
+    dnnl::reorder(user, src).execute(s, user, src);
     ctx->save_for_backward({x_in_layout, w});
     ctx->saved_data["shape"] = x.sizes();
-    ctx->saved_data["bf16"] = bf16;
+    ctx->saved_data["op"] = op;
     ctx->saved_data["x_grad"] = x_in.requires_grad();
     auto y = run(
         p.fwd,
         {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, as(plain(w), p.fwd_pd.weights_desc(), s)}, {DNNL_ARG_BIAS, plain(b)}},
-        DNNL_ARG_DST, p.fwd_pd.dst_desc(), {x.size(0), w.size(0), x.size(2), x.size(3)}, s);
+        DNNL_ARG_DST, p.fwd_pd.dst_desc(), s);
     s.wait();
     return y;
   }
@@ -138,9 +142,8 @@ struct Conv3x3 : torch::autograd::Function<Conv3x3> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &x_in_layout = saved[0], &w = saved[1];
-    const auto shape = ctx->saved_data["shape"].toIntVector();
     const auto gy = grads[0].contiguous();
-    const auto& p = primitives(shape, w, ctx->saved_data["bf16"].toBool());
+    const auto& p = primitives(Op(ctx->saved_data["op"].toInt()), ctx->saved_data["shape"].toIntVector(), w.sizes());
     dnnl::stream s(engine());
     const auto gy_desc = p.bwd_weights_pd.diff_dst_desc();
     memory gy_user = plain(gy), gy_in = as(gy_user, gy_desc, s);
@@ -150,7 +153,7 @@ struct Conv3x3 : torch::autograd::Function<Conv3x3> {
       gx = run(p.bwd_data,
                {{DNNL_ARG_DIFF_DST, pd.diff_dst_desc() == gy_desc ? gy_in : as(gy_user, pd.diff_dst_desc(), s)},
                 {DNNL_ARG_WEIGHTS, as(plain(w), pd.weights_desc(), s)}},
-               DNNL_ARG_DIFF_SRC, pd.diff_src_desc(), shape, s);
+               DNNL_ARG_DIFF_SRC, pd.diff_src_desc(), s);
     }
     auto gb = torch::empty({w.size(0)});
     auto gw = run(p.bwd_weights,
@@ -158,7 +161,7 @@ struct Conv3x3 : torch::autograd::Function<Conv3x3> {
                     as(memory(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr()), p.bwd_weights_pd.src_desc(), s)},
                    {DNNL_ARG_DIFF_DST, gy_in},
                    {DNNL_ARG_DIFF_BIAS, plain(gb)}},
-                  DNNL_ARG_DIFF_WEIGHTS, p.bwd_weights_pd.diff_weights_desc(), w.sizes(), s);
+                  DNNL_ARG_DIFF_WEIGHTS, p.bwd_weights_pd.diff_weights_desc(), s);
     s.wait();
     return {gx, gw, gb, torch::Tensor()};
   }
@@ -174,10 +177,18 @@ bool conv_bf16_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_i
 bool conv_bf16_fast() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx; }
 
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
-  // In fp32 LibTorch's call into oneDNN was as fast as ours; so was bf16 with a 1- or 3-channel
-  // input (no AMX kernel for so few channels: 1.6 ms against fp32's 1.1 ms forward).
-  if (!bf16 || !conv_supported(x, w) || x.size(1) < 16) return torch::conv2d(x, w, b, 1, 1);
-  return Conv3x3::apply(x, w, b, true);
+  if (!bf16 || !conv_supported(x, w)) return torch::conv2d(x, w, b, 1, 1);
+  // A 1- or 3-channel input has no AMX kernel worth having (bf16 made NoProp-DT seed steps
+  // slower: 0.167-0.169 s against 0.157-0.163 s); in fp32 oneDNN's blocked kernel beat LibTorch's
+  // call into the same library, whose backward pass took 3.2 ms here against 0.8 ms.
+  return Bf16Op::apply(x, w, b, int64_t(x.size(1) < 16 ? Op::conv3x3_fp32 : Op::conv3x3));
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
+  const bool ok = x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2 &&
+                  w.scalar_type() == torch::kFloat && b.defined();
+  if (!bf16 || !ok) return torch::linear(x, w, b);
+  return Bf16Op::apply(x, w, b, int64_t(Op::linear));
 }
 #else
 bool conv_supported(const torch::Tensor&, const torch::Tensor&) { return false; }
@@ -185,6 +196,9 @@ bool conv_bf16_supported() { return false; }
 bool conv_bf16_fast() { return false; }
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool) {
   return torch::conv2d(x, w, b, 1, 1);
+}
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool) {
+  return torch::linear(x, w, b);
 }
 #endif
 

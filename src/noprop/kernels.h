@@ -56,12 +56,14 @@ bool adamw_supported(const torch::Tensor& t);
 void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
                   double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step);
 
-// conv2d(x, w, b, stride 1, padding 1) for 3×3 weights, autograd-aware, through oneDNN directly
-// (conv_dnnl.cpp: measured faster than LibTorch's call into the same library), in fp32 or with
-// bf16 operands and fp32 results (`bf16`). Without oneDNN in the build, or for anything but CPU
-// float32 (conv_supported false), LibTorch's conv2d.
+// conv2d(x, w, b, stride 1, padding 1) for 3×3 weights, autograd-aware. With `bf16`, through
+// oneDNN directly (conv_dnnl.cpp): bf16 operands and fp32 results, except for inputs of under
+// 16 channels (the first convolution), which run in fp32 there. Without `bf16`, without oneDNN
+// in the build, or for anything but CPU float32 (conv_supported false): LibTorch's conv2d.
 bool conv_supported(const torch::Tensor& x, const torch::Tensor& w);
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);
+// linear(x, w, b) for N×C x, the same way: bf16 operands, fp32 results (`bf16`), else LibTorch's.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);
 // Whether conv3x3 can run in bf16 here (oneDNN in the build, a CPU with AVX512-BF16 or AMX), and
 // whether it pays: with AMX, 1.3-1.9× faster NoProp-DT steps; with AVX512-BF16 alone, slower than
 // fp32 (0.284 against 0.251 s per batch, seed architecture; docs/speed.md).

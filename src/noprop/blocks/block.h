@@ -29,7 +29,8 @@ struct BlockOptions {
   // CPU float32 fast paths (kernels.h) where the block has them; false: LibTorch's separate
   // ops, the reference.
   bool fused_kernels = true;
-  // With fused_kernels: the convolutions' operands in bf16 (fp32 results; kernels::conv3x3).
+  // With fused_kernels: the image path's convolutions and its flattened-features layer take bf16
+  // operands (fp32 results; kernels::conv3x3, kernels::linear).
   bool conv_bf16 = false;
 };
 
