@@ -198,7 +198,7 @@ nlohmann::json run(const Args& a) {
       {"precision", a.precision},
       {"memory_format", a.channels_last ? "channels-last" : "contiguous"},
       {"kernels", cfg.kernels},
-      {"conv_precision", device.is_cpu() ? noprop::conv_precision(cfg) : "fp32"},
+      {"conv_precision", noprop::conv_precision(cfg)},
       {"torch", noprop::torch_version()},
       {"num_layers", cfg.num_layers},
       {"batch_size", B},

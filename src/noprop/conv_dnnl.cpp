@@ -130,7 +130,6 @@ struct Bf16Op : torch::autograd::Function<Bf16Op> {
     ctx->save_for_backward({x_in_layout, w});
     ctx->saved_data["shape"] = x.sizes();
     ctx->saved_data["op"] = op;
-    ctx->saved_data["x_grad"] = x_in.requires_grad();
     auto y = run(
         p.fwd,
         {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, as(plain(w), p.fwd_pd.weights_desc(), s)}, {DNNL_ARG_BIAS, plain(b)}},
@@ -148,7 +147,7 @@ struct Bf16Op : torch::autograd::Function<Bf16Op> {
     const auto gy_desc = p.bwd_weights_pd.diff_dst_desc();
     memory gy_user = plain(gy), gy_in = as(gy_user, gy_desc, s);
     torch::Tensor gx;
-    if (ctx->saved_data["x_grad"].toBool()) {
+    if (ctx->needs_input_grad(0)) {
       const auto& pd = p.bwd_data_pd;
       gx = run(p.bwd_data,
                {{DNNL_ARG_DIFF_DST, pd.diff_dst_desc() == gy_desc ? gy_in : as(gy_user, pd.diff_dst_desc(), s)},
@@ -166,18 +165,18 @@ struct Bf16Op : torch::autograd::Function<Bf16Op> {
     return {gx, gw, gb, torch::Tensor()};
   }
 };
-}  // namespace
 
-bool conv_supported(const torch::Tensor& x, const torch::Tensor& w) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4 && w.dim() == 4 && w.size(2) == 3 &&
-         w.size(3) == 3 && w.scalar_type() == torch::kFloat;
+bool cpu_float(const torch::Tensor& x, const torch::Tensor& w) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat;
 }
+}  // namespace
 
 bool conv_bf16_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_bf16; }
 bool conv_bf16_fast() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx; }
 
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
-  if (!bf16 || !conv_supported(x, w)) return torch::conv2d(x, w, b, 1, 1);
+  if (!bf16 || !cpu_float(x, w) || x.dim() != 4 || w.size(2) != 3 || w.size(3) != 3)
+    return torch::conv2d(x, w, b, 1, 1);
   // A 1- or 3-channel input has no AMX kernel worth having (bf16 made NoProp-DT seed steps
   // slower: 0.167-0.169 s against 0.157-0.163 s); in fp32 oneDNN's blocked kernel beat LibTorch's
   // call into the same library, whose backward pass took 3.2 ms here against 0.8 ms.
@@ -185,13 +184,10 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torc
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
-  const bool ok = x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2 &&
-                  w.scalar_type() == torch::kFloat && b.defined();
-  if (!bf16 || !ok) return torch::linear(x, w, b);
+  if (!bf16 || !cpu_float(x, w) || x.dim() != 2 || !b.defined()) return torch::linear(x, w, b);
   return Bf16Op::apply(x, w, b, int64_t(Op::linear));
 }
 #else
-bool conv_supported(const torch::Tensor&, const torch::Tensor&) { return false; }
 bool conv_bf16_supported() { return false; }
 bool conv_bf16_fast() { return false; }
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool) {

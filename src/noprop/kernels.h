@@ -59,8 +59,7 @@ void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& ex
 // conv2d(x, w, b, stride 1, padding 1) for 3×3 weights, autograd-aware. With `bf16`, through
 // oneDNN directly (conv_dnnl.cpp): bf16 operands and fp32 results, except for inputs of under
 // 16 channels (the first convolution), which run in fp32 there. Without `bf16`, without oneDNN
-// in the build, or for anything but CPU float32 (conv_supported false): LibTorch's conv2d.
-bool conv_supported(const torch::Tensor& x, const torch::Tensor& w);
+// in the build, or for anything but CPU float32: LibTorch's conv2d.
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);
 // linear(x, w, b) for N×C x, the same way: bf16 operands, fp32 results (`bf16`), else LibTorch's.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);

@@ -379,7 +379,7 @@ void Trainer::open_logs() {
   progress_->line(
       "run " + dir_.string() + ": " + cfg_.method + " on " + cfg_.dataset + ", " +
       std::to_string(method_->parameter_count()) + " parameters, " + std::to_string(threads_) + " threads, device " +
-      device_.str() + (device_.is_cpu() && conv_precision(cfg_) == "bf16" ? " (bf16 convolutions)" : "") +
+      device_.str() + (conv_precision(cfg_) == "bf16" ? " (bf16 convolutions)" : "") +
       (dist_ ? ", " + std::to_string(dist_->world()) + " workers (" + method_->parallelism().name() + ")" : "") +
       (opt_.resume ? ", resuming after epoch " + std::to_string(state_.epoch) +
                          (state_.in_epoch_batches >= 0 ? " and " + std::to_string(state_.in_epoch_batches) +
@@ -637,7 +637,7 @@ nlohmann::json Trainer::summarise() {
       {"memory", memory_.json()},
       {"parameters", method_->parameter_count()},
       {"threads", threads_},
-      {"conv_precision", device_.is_cpu() ? conv_precision(cfg_) : "fp32"},
+      {"conv_precision", conv_precision(cfg_)},
       {"workers", dist_ ? dist_->world() : 1},
       {"device", device_.str()},
       {"torch_version", torch_version()},

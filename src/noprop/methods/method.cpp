@@ -17,8 +17,9 @@ std::string conv_precision(const Config& cfg) {
     throw Error(
         "config key 'conv_precision': bf16 needs kernels: fused, a build with oneDNN and a CPU with "
         "AVX512-BF16 or AMX");
-  const bool bf16 =
-      cfg.conv_precision == "bf16" || (cfg.conv_precision == "auto" && fused && kernels::conv_bf16_fast());
+  // The kernels are CPU ones: on a GPU the blocks run LibTorch's ops, in fp32.
+  const bool bf16 = cfg.device == "cpu" && (cfg.conv_precision == "bf16" ||
+                                            (cfg.conv_precision == "auto" && fused && kernels::conv_bf16_fast()));
   return bf16 ? "bf16" : "fp32";
 }
 
