@@ -14,7 +14,7 @@ option="${1:-}"
 
 packages=(build-essential cmake pkg-config zlib1g-dev libtorch-dev libyaml-cpp-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libopenblas0-openmp dataset-fashion-mnist
-          gnuplot-nox libstb-dev libdnnl-dev libcurl4-openssl-dev libssl-dev libarchive-dev libgloo-dev)
+          gnuplot-nox libstb-dev libdnnl-dev ocl-icd-opencl-dev libcurl4-openssl-dev libssl-dev libarchive-dev libgloo-dev)
 [ "$option" = "--checks" ] && packages+=(clang clang-format libclang-rt-dev)
 [ "$option" = "--torch211" ] && packages+=(python3-venv)
 sudo=""
