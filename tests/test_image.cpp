@@ -94,6 +94,12 @@ TEST_F(ImageTest, NonImagesAreNamedErrors) {
   EXPECT_NE(
       error_of([&] { read_image(dir / "short.pgm", info); }).find("short.pgm: truncated: the header claims 888884x4"),
       std::string::npos);
+  // Another: a PPM header whose sides overflow stb's int parser (to negative numbers): the byte
+  // count computed from them overflowed before the size was checked.
+  write_file_atomic(dir / "huge.ppm", std::string("P675555555555 032333442690\x01"
+                                                  "3"));
+  const auto huge = error_of([&] { read_image(dir / "huge.ppm", info); });
+  EXPECT_NE(huge.find("huge.ppm: image has no pixels (its header gives -"), std::string::npos) << huge;
   write_file_atomic(dir / "x.gif", "GIF89a\x01\x00\x01\x00\x00\x00\x00;");
   EXPECT_NE(error_of([&] { read_image(dir / "x.gif", info); }).find("not a PNG, binary PGM/PPM, JPEG or BMP file"),
             std::string::npos);

@@ -28,14 +28,19 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   if (!stbi_info_from_memory(data, int(bytes.size()), &w, &h, &n))
     throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
+  // The size first: the byte count below multiplies it, which must not overflow (a fuzzer's find:
+  // a PPM header whose digits stb parsed into huge sides). stb's PNM parser can also yield 0.
+  if (w <= 0 || h <= 0)
+    throw Error(file.string() + ": image has no pixels (its header gives " + std::to_string(w) + "x" +
+                std::to_string(h) + ")");
+  if (int64_t(w) * h > kMaxImagePixels)
+    throw Error(file.string() + ": image is " + std::to_string(w) + "x" + std::to_string(h) + ", larger than " +
+                std::to_string(kMaxImagePixels) + " pixels");
   // PGM/PPM pixels are stored raw: stb reads past the end of a file shorter than its header says.
   const int sample = pnm && stbi_is_16_bit_from_memory(data, int(bytes.size())) ? 2 : 1;
   if (pnm && int64_t(bytes.size()) < int64_t(w) * h * n * sample)
     throw Error(file.string() + ": truncated: the header claims " + std::to_string(w) + "x" + std::to_string(h) +
                 " pixels, the file has " + std::to_string(bytes.size()) + " bytes");
-  if (int64_t(w) * h > kMaxImagePixels)
-    throw Error(file.string() + ": image is " + std::to_string(w) + "x" + std::to_string(h) + ", larger than " +
-                std::to_string(kMaxImagePixels) + " pixels");
   // stb converts to the requested channel count (luminance for 1) and reports failures.
   std::unique_ptr<stbi_uc, decltype(&stbi_image_free)> pixels(
       stbi_load_from_memory(data, int(bytes.size()), &w, &h, &n, info.channels), &stbi_image_free);
