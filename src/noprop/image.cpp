@@ -28,8 +28,9 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   if (!stbi_info_from_memory(data, int(bytes.size()), &w, &h, &n))
     throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
-  // The size first: the byte count below multiplies it, which must not overflow (a fuzzer's find:
-  // a PPM header whose digits stb parsed into huge sides). stb's PNM parser can also yield 0.
+  // The sides first: the byte count below multiplies them, which must not overflow (a fuzzer's
+  // find: PPM sides too long for stb's int parser came back negative). stb can also yield 0, and
+  // stbi_load reads the same header, so its sides need no second check.
   if (w <= 0 || h <= 0)
     throw Error(file.string() + ": image has no pixels (its header gives " + std::to_string(w) + "x" +
                 std::to_string(h) + ")");
@@ -45,7 +46,6 @@ std::vector<uint8_t> read_image(const fs::path& file, const DataInfo& info, bool
   std::unique_ptr<stbi_uc, decltype(&stbi_image_free)> pixels(
       stbi_load_from_memory(data, int(bytes.size()), &w, &h, &n, info.channels), &stbi_image_free);
   if (!pixels) throw Error(file.string() + ": cannot decode image: " + stbi_failure_reason());
-  if (w <= 0 || h <= 0) throw Error(file.string() + ": image has no pixels");
   const int c = info.channels;
   // HWC bytes → 1×C×H×W floats, resized, rounded back to bytes as the data sets store them.
   auto img =
