@@ -46,7 +46,8 @@ class Parallelism {
 };
 
 std::unique_ptr<Parallelism> single_process();
-std::unique_ptr<Parallelism> data_parallel(Distributed& dist);
+// `parameters()` gives the model's parameters: synchronise() checks that every rank holds the same.
+std::unique_ptr<Parallelism> data_parallel(Distributed& dist, std::function<std::vector<at::Tensor>()> parameters);
 // `pack(t)` serialises block t (with its optimizer state) on the rank that trains it;
 // `unpack(t, bytes)` loads it on every other rank.
 std::unique_ptr<Parallelism> block_parallel(Distributed& dist, std::function<std::string(int)> pack,

@@ -102,11 +102,21 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
   // applied by the caller (per block, or summed over the ranks first).
   auto grads = torch::autograd::grad({total}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
                                      /*allow_unused=*/true);
+  torch::Tensor checked = total;
+  if (parallel_->shards_batches()) {
+    // parallel: data: every rank steps with the gradients averaged over the ranks' rows.
+    std::vector<torch::Tensor> all{total.detach().reshape({1}).clone()};
+    for (const auto& g : grads)
+      if (g.defined()) all.push_back(g);
+    parallel_->average(all);
+    checked = all[0];
+  }
   const auto n = std::ptrdiff_t(block_params_[t - 1].size());
   std::vector<torch::Tensor> block_grads(grads.begin(), grads.begin() + n);
   r.shared_grads.assign(grads.begin() + n, grads.end());
   auto [head_grads, embed_grads] = split_shared(r.shared_grads, head_param_count_);
-  if (!clip_and_check_grads({block_grads, head_grads, embed_grads}, clip_norms(t), total, "block " + std::to_string(t)))
+  if (!clip_and_check_grads({block_grads, head_grads, embed_grads}, clip_norms(t), checked,
+                            "block " + std::to_string(t)))
     return {};
   // The clip scales in place: r.shared_grads now holds the clipped head and embedding gradients.
   for (std::ptrdiff_t i = 0; i < n; ++i) block_params_[t - 1][size_t(i)].mutable_grad() = block_grads[size_t(i)];
@@ -222,7 +232,7 @@ std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x
 }
 
 std::unique_ptr<Parallelism> DTMethod::make_parallelism(Distributed& dist) {
-  if (opt_.data_parallel) return data_parallel(dist);
+  if (opt_.data_parallel) return Method::make_parallelism(dist);
   if (sequential_)
     throw Error(
         "config key 'block_order': block-parallel training needs interleaved (with sequential, one block "

@@ -75,7 +75,9 @@ class Method {
   // A distributed run's strategy. By default a method is data-parallel: every rank trains on its
   // share of each batch and clip_and_check averages the gradients, so all ranks take the same
   // steps. NoProp-DT may train its blocks in parallel instead.
-  virtual std::unique_ptr<Parallelism> make_parallelism(Distributed& dist) { return data_parallel(dist); }
+  virtual std::unique_ptr<Parallelism> make_parallelism(Distributed& dist) {
+    return data_parallel(dist, [this] { return parameters(); });
+  }
 
   // After backward(): clips each group's gradients (to max_norm) and checks the loss
   // and every gradient for NaN and Inf, one host synchronisation. On failure it zeroes the
