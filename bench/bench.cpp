@@ -201,6 +201,8 @@ nlohmann::json run(const Args& a) {
       {"conv_precision", noprop::conv_precision(cfg)},
       {"torch", noprop::torch_version()},
       {"num_layers", cfg.num_layers},
+      {"shared_update", cfg.shared_update},
+      {"stacked_blocks", cfg.stacked_blocks},
       {"batch_size", B},
       {"steps", a.steps},
       {"warmup", a.warmup},

@@ -88,13 +88,17 @@ if [ "$cuda" != 1 ]; then
   echo "=== no CUDA device: the benchmark and training stages are skipped"
 else
   bench() {
-    for spec in "dt seed" "dt paper" "backprop seed" "backprop paper" "ct paper" "fm paper"; do
+    # NoProp-DT also with its blocks' step stacked into one computation (stacked_blocks), beside
+    # per_batch block by block, which takes the same steps.
+    for spec in "dt seed" "dt paper" "backprop seed" "backprop paper" "ct paper" "fm paper" \
+        "dt seed --set shared_update=per_batch" "dt seed --set shared_update=per_batch --set stacked_blocks=true" \
+        "dt paper --set shared_update=per_batch" "dt paper --set shared_update=per_batch --set stacked_blocks=true"; do
       set -- $spec
-      ./build-gpu/noprop_bench --device cuda --method "$1" --architecture "$2" --data-dir .gpu/mnist \
+      ./build-gpu/noprop_bench --device cuda --method "$1" --architecture "$2" "${@:3}" --data-dir .gpu/mnist \
         --steps 20 --warmup 3 2>/dev/null | tee -a "$out/bench.jsonl" || echo "bench $spec failed"
     done
   }
-  stage "benchmark: noprop on CUDA, every method" 150 bash -c "out=$out; $(declare -f bench); bench"
+  stage "benchmark: noprop on CUDA, every method" 200 bash -c "out=$out; $(declare -f bench); bench"
   stage "benchmark: seed reproduction's step on CUDA" 90 "$python" - .gpu/seed .gpu/mnist "$out/bench.jsonl" <<'PY'
 import json, statistics, sys, time, torch
 sys.path.insert(0, "bench")

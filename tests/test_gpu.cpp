@@ -23,18 +23,20 @@ TEST(Gpu, KernelsFallBackToLibTorch) {
   EXPECT_TRUE(torch::allclose(kernels::relu_dropout(x, 0.0), torch::relu(x)));
 }
 
-// Without dropout and with TF32 off, two training steps of every method take the same losses on
+// Without dropout and with TF32 off, two training steps of every method (and of NoProp-DT with
+// stacked_blocks: grouped convolutions, batched products) take the same losses on
 // CUDA as on the CPU (the noise is drawn on the CPU for both), and the parameters after them
 // agree: AdamW's first steps are ±lr per element, so an element whose gradient is ~0 may take
 // the other sign on either device; a few such elements are allowed, no more.
 TEST(Gpu, StepsMatchTheCpu) {
   REQUIRE_CUDA();
   compat::NoTf32 no_tf32;
-  for (std::string method : {"dt", "backprop", "ct", "fm"}) {
+  for (std::string method : {"dt", "dt-stacked", "backprop", "ct", "fm"}) {
     std::vector<std::vector<torch::Tensor>> params, losses;
     for (torch::Device device : {torch::Device(torch::kCPU), torch::Device(torch::kCUDA)}) {
-      Config c = test::tiny_method_config(method);
+      Config c = test::tiny_method_config(method.substr(0, method.find('-')));
       c.dropout = 0.0;
+      if (method == "dt-stacked") c.shared_update = "per_batch", c.stacked_blocks = true;
       torch::manual_seed(3);
       auto m = make_method(c, test::tiny_info(), nullptr, device);
       torch::manual_seed(4);

@@ -106,6 +106,80 @@ TEST(DT, InterleavedStepReportsAllTerms) {
   EXPECT_LT(e.train_step(x, y, 0)[3].item<double>(), 0.1);
 }
 
+// stacked_blocks computes every block's step as one forward and backward over the blocks'
+// stacked weights: without dropout it takes the steps of per_batch block by block, for both
+// architectures, one-hot, learned and prototype embeddings, with LibTorch's ops and with the
+// fused CPU kernels. The first step starts from the same weights: the same losses and batch-norm
+// statistics up to rounding (grouped against separate convolutions), and the same parameters
+// after it but for a few elements — AdamW's first step is ±lr per element, so an element whose
+// gradient is ~0 may move the other way. Two more steps drift apart by little.
+TEST(DT, StackedBlocksTakeThePerBatchSteps) {
+  for (const std::string arch : {"seed", "paper"})
+    for (const std::string embedding : {"one-hot", "learned", "prototype"})
+      for (const std::string kernels : {"torch", "fused"}) {
+        if (arch == "paper" && kernels == "fused" && embedding != "one-hot") continue;  // enough cases
+        const std::string what = arch + ", " + embedding + ", " + kernels;
+        Config c = tiny_cfg("dt");
+        c.architecture = arch, c.embedding = embedding, c.kernels = kernels, c.conv_precision = "fp32";
+        if (embedding == "learned") c.embedding_dim = 6;
+        c.dropout = 0.0, c.shared_update = "per_batch", c.grad_clip_max_norm = 1.0;
+        const auto prototypes = embedding == "prototype" ? torch::rand({4, 64}) : torch::Tensor();
+        std::vector<NoPropNet> nets;
+        std::vector<std::unique_ptr<DTMethod>> methods;
+        for (bool stacked : {false, true}) {
+          c.stacked_blocks = stacked;
+          torch::manual_seed(6);
+          nets.push_back(NoPropNet(c, tiny_info(), prototypes));
+          methods.push_back(std::make_unique<DTMethod>(c, nets.back()));
+        }
+        for (int step = 0; step < 3; ++step) {
+          const auto x = torch::randn({6, 1, 8, 8});
+          const auto y = torch::tensor({0, 1, 2, 3, 0, step % 4}, torch::kInt64);
+          std::vector<std::vector<torch::Tensor>> losses;
+          for (auto& m : methods) {
+            torch::manual_seed(7 + step);
+            losses.push_back(m->train_step(x, y, 0));
+          }
+          const double rel = step == 0 ? 1e-5 : 1e-3;
+          ASSERT_EQ(losses[0].size(), losses[1].size());
+          for (size_t i = 0; i < losses[0].size(); ++i) {
+            ASSERT_TRUE(losses[0][i].defined() && losses[1][i].defined()) << what;
+            EXPECT_TRUE(torch::allclose(losses[0][i], losses[1][i], rel, 1e-7))
+                << what << ", step " << step + 1 << ", loss " << i << ": " << losses[0][i].item<double>()
+                << " block by block, " << losses[1][i].item<double>() << " stacked";
+          }
+          if (step > 0) continue;
+          const auto pa = nets[0]->named_parameters(), pb = nets[1]->named_parameters();
+          int64_t off = 0, total = 0;
+          for (const auto& p : pa) {
+            off += (p.value() - pb[p.key()]).abs().gt(1e-4).sum().item<int64_t>();
+            total += p.value().numel();
+          }
+          EXPECT_LE(off, total / 1000) << what << ": " << off << " of " << total
+                                       << " parameters differ by more than 1e-4 after a step";
+          const auto ba = nets[0]->named_buffers(), bb = nets[1]->named_buffers();
+          for (const auto& p : ba)
+            EXPECT_TRUE(torch::allclose(p.value().to(torch::kDouble), bb[p.key()].to(torch::kDouble), 1e-5, 1e-6))
+                << what << ", buffer " << p.key();
+        }
+      }
+}
+
+// stacked_blocks needs per_batch; per_batch needs the interleaved order.
+TEST(DT, StackedBlocksAndPerBatchRefuseOtherModes) {
+  Config c = tiny_cfg("dt");
+  c.stacked_blocks = true;
+  EXPECT_NE(test::error_of([&] {
+              DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+            }).find("config key 'stacked_blocks': needs shared_update: per_batch"),
+            std::string::npos);
+  c.stacked_blocks = false, c.shared_update = "per_batch", c.block_order = "sequential";
+  EXPECT_NE(test::error_of([&] {
+              DTMethod m(c, NoPropNet(c, tiny_info(), torch::Tensor()));
+            }).find("config key 'shared_update': per_batch trains every block on every batch"),
+            std::string::npos);
+}
+
 // Inference of a batch above kInferenceChunk rows runs in pieces; without noise every image's
 // result is its own, so it must equal inference of the halves, each done in one piece.
 TEST(Methods, ChunkedInferenceEqualsWholeBatches) {

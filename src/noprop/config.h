@@ -28,6 +28,10 @@ struct Config {
   // gradients all taken at the batch's starting state (per_batch: what block-parallel runs do,
   // so that blocks need nothing from each other within a batch) (ours).
   std::string shared_update = "per_block";
+  // NoProp-DT with shared_update: per_batch: the blocks' training forward and backward as one
+  // computation over their stacked weights (blocks/conv.h, stacked_forward): the same steps in T×
+  // fewer, T× larger kernels, for GPUs. Holds every block's activations at once (ours).
+  bool stacked_blocks = false;
   double noise_schedule_min = 1e-3;   // ᾱ_min
   double noise_schedule_max = 0.999;  // ᾱ_max
   double cosine_s = 0.008;            // s of the cosine schedule

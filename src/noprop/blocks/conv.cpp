@@ -122,6 +122,124 @@ torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Ten
   return fused->forward(torch::cat({img, lab}, 1));
 }
 
+namespace {
+// The modules at position i of K Sequentials of the same layout, as type M.
+template <class M>
+std::vector<const M*> layer(const std::vector<nn::Sequential*>& paths, size_t i) {
+  std::vector<const M*> out;
+  for (auto* p : paths) out.push_back(dynamic_cast<const M*>((*p)->ptr(i).get()));
+  return out;
+}
+
+template <class M, class F>
+torch::Tensor stack_of(const std::vector<const M*>& ms, F member, bool concat) {
+  std::vector<torch::Tensor> ts;
+  for (const auto* m : ms) ts.push_back(member(*m));
+  return concat ? torch::cat(ts) : torch::stack(ts);
+}
+
+// K blocks' activations side by side: image-shaped ones as B × K·C × H × W (block k's channels
+// at k·C), features as K × B × F. `shared`: h is still the input common to all K (B×C×H×W).
+torch::Tensor stacked_sequential(const std::vector<nn::Sequential*>& paths, torch::Tensor h, bool shared) {
+  const auto K = int64_t(paths.size());
+  const nn::Sequential& first = *paths.front();
+  for (size_t i = 0; i < first->size(); ++i) {
+    const auto* m = (first->begin() + std::ptrdiff_t(i))->ptr().get();
+    if (auto* c = dynamic_cast<const nn::Conv2dImpl*>(m)) {
+      const auto ms = layer<nn::Conv2dImpl>(paths, i);
+      const auto w = stack_of(
+          ms, [](const auto& l) { return l.weight; }, true);
+      const auto b = stack_of(
+          ms, [](const auto& l) { return l.bias; }, true);
+      h = nn::functional::conv2d(h, w,
+                                 nn::functional::Conv2dFuncOptions()
+                                     .bias(b)
+                                     .stride(c->options.stride())
+                                     .padding(c->options.padding())
+                                     .dilation(c->options.dilation())
+                                     .groups(shared ? 1 : K));
+      shared = false;
+    } else if (dynamic_cast<const nn::LinearImpl*>(m)) {
+      const auto ms = layer<nn::LinearImpl>(paths, i);
+      const auto w = stack_of(
+          ms, [](const auto& l) { return l.weight; }, false);  // K × out × in
+      const auto b = stack_of(
+          ms, [](const auto& l) { return l.bias; }, false);  // K × out
+      if (shared) h = h.unsqueeze(0).expand({K, h.size(0), h.size(1)});
+      h = torch::baddbmm(b.unsqueeze(1), h, w.transpose(1, 2));
+      shared = false;
+    } else if (auto* bn = dynamic_cast<const nn::BatchNorm1dImpl*>(m)) {
+      TORCH_CHECK(!shared && h.dim() == 3, "stacked blocks: batch norm on a common input");
+      const auto ms = layer<nn::BatchNorm1dImpl>(paths, i);
+      const int64_t B = h.size(1), F = h.size(2);
+      auto rm = stack_of(
+          ms, [](const auto& l) { return l.running_mean; }, true);
+      auto rv = stack_of(
+          ms, [](const auto& l) { return l.running_var; }, true);
+      const bool train = bn->is_training();
+      double momentum = bn->options.momentum().value_or(0.0);
+      if (train) {
+        torch::NoGradGuard no_grad;
+        for (const auto* b : ms) b->num_batches_tracked.add_(1);
+        if (!bn->options.momentum()) momentum = 1.0 / double(bn->num_batches_tracked.item<int64_t>());
+      }
+      h = torch::batch_norm(h.transpose(0, 1).reshape({B, K * F}),
+                            stack_of(
+                                ms, [](const auto& l) { return l.weight; }, true),
+                            stack_of(
+                                ms, [](const auto& l) { return l.bias; }, true),
+                            rm, rv, train, momentum, bn->options.eps(), at::globalContext().userEnabledCuDNN())
+              .view({B, K, F})
+              .transpose(0, 1);
+      if (train) {
+        torch::NoGradGuard no_grad;
+        for (int64_t k = 0; k < K; ++k) {
+          ms[size_t(k)]->running_mean.copy_(rm.slice(0, k * F, (k + 1) * F));
+          ms[size_t(k)]->running_var.copy_(rv.slice(0, k * F, (k + 1) * F));
+        }
+      }
+    } else if (dynamic_cast<const nn::ReLUImpl*>(m)) {
+      h = torch::relu(h);
+    } else if (auto* pool = dynamic_cast<const nn::MaxPool2dImpl*>(m)) {
+      h = torch::max_pool2d(h, pool->options.kernel_size(), pool->options.stride(), pool->options.padding(),
+                            pool->options.dilation(), pool->options.ceil_mode());
+    } else if (auto* d = dynamic_cast<const nn::DropoutImpl*>(m)) {
+      h = torch::dropout(h, d->options.p(), d->is_training());
+    } else if (dynamic_cast<const nn::FlattenImpl*>(m)) {
+      TORCH_CHECK(!shared, "stacked blocks: flatten of a common input");
+      h = h.reshape({h.size(0), K, -1}).transpose(0, 1);
+    } else {
+      TORCH_CHECK(false, "stacked blocks: no stacked form of module ", m->name());
+    }
+  }
+  return h;
+}
+}  // namespace
+
+torch::Tensor stacked_forward(const std::vector<DenoiseBlockImpl*>& blocks, const torch::Tensor& x,
+                              const torch::Tensor& z) {
+  TORCH_CHECK(!blocks.empty() && z.dim() == 3 && z.size(0) == int64_t(blocks.size()), "stacked blocks: z is K×B×d");
+  const auto K = int64_t(blocks.size());
+  const auto& o = blocks.front()->options;
+  auto paths = [&](nn::Sequential DenoiseBlockImpl::*member) {
+    std::vector<nn::Sequential*> out;
+    for (auto* b : blocks) out.push_back(&(b->*member));
+    return out;
+  };
+  auto img = stacked_sequential(paths(&DenoiseBlockImpl::image_path), x, /*shared=*/true);
+  torch::Tensor lab;
+  if (o.label_is_image) {
+    // K × B × (C·H·W) → B × K·C × H × W, block k's label image in its own channels.
+    auto zi = z.reshape({K, z.size(1), o.channels, o.height, o.width}).transpose(0, 1);
+    lab = stacked_sequential(paths(&DenoiseBlockImpl::label_conv),
+                             zi.reshape({z.size(1), K * o.channels, o.height, o.width}), false);
+  } else {
+    auto h = stacked_sequential(paths(&DenoiseBlockImpl::label_in), z, false);
+    lab = stacked_sequential(paths(&DenoiseBlockImpl::label_res), h, false) + h;
+  }
+  return stacked_sequential(paths(&DenoiseBlockImpl::fused), torch::cat({img, lab}, 2), false);
+}
+
 torch::Tensor time_embedding(const torch::Tensor& t, int dim) {
   const int half = dim / 2;
   auto freqs = torch::exp(torch::arange(half, t.options()) * (-std::log(10000.0) / half));

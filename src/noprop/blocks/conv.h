@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 #include "noprop/blocks/block.h"
 
@@ -44,6 +45,17 @@ struct DenoiseBlockImpl : BlockImpl {
   torch::nn::Sequential fused{nullptr};
 };
 TORCH_MODULE(DenoiseBlock);
+
+// Training forward of K blocks of the same options as one computation over their stacked
+// weights: the first convolution of the image path takes the K blocks' filters at once, the later
+// ones are grouped (K groups), the linear layers batched matrix products and each batch norm one
+// over the K blocks' features side by side (its running statistics written back to each block).
+// x is the images (B×C×H×W, common to all), z the K blocks' inputs (K×B×d); logits K×B×m, the
+// same as each block's forward up to rounding. Dropout draws from LibTorch's default generator.
+// T× fewer and T× larger kernels than T forwards: for GPUs, where one block's kernels are
+// too small to fill the device.
+torch::Tensor stacked_forward(const std::vector<DenoiseBlockImpl*>& blocks, const torch::Tensor& x,
+                              const torch::Tensor& z);
 
 // Sinusoidal embedding of t ∈ [0, 1] (shape B), B×dim: sin and cos of 1000·t at dim/2
 // frequencies 10000^(−i/(dim/2)), as in transformer position encodings.

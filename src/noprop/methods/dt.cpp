@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "noprop/blocks/conv.h"
 #include "noprop/kernels.h"
 #include "noprop/methods/helpers.h"
 #include "noprop/methods/registry.h"
@@ -23,6 +24,15 @@ DTOptions DTOptions::from(const Config& cfg) {
   o.shared_update = SharedUpdate(pick("shared_update", cfg.shared_update, {"per_block", "per_batch"}));
   o.grad_clip_scaling = ClipScaling(pick("grad_clip_scaling", cfg.grad_clip_scaling, {"none", "loss_weight"}));
   o.eta = cfg.eta, o.grad_clip_max_norm = cfg.grad_clip_max_norm;
+  o.stacked_blocks = cfg.stacked_blocks;
+  if (o.shared_update == SharedUpdate::per_batch && o.block_order == Order::sequential)
+    throw Error(
+        "config key 'shared_update': per_batch trains every block on every batch; block_order: sequential trains one "
+        "block per pass and needs per_block");
+  if (o.stacked_blocks && o.shared_update != SharedUpdate::per_batch)
+    throw Error(
+        "config key 'stacked_blocks': needs shared_update: per_batch (the blocks' gradients are all taken at the "
+        "batch's start)");
   o.fused_kernels = cfg.kernels == "fused";
   o.data_parallel = pick("parallel", cfg.parallel, {"block", "data"}) == 1;
   return o;
@@ -42,6 +52,10 @@ DTMethod::DTMethod(const Config& cfg, NoPropNet net)
   head_param_count_ = shared_params_.size();
   if (net_->embed->learned) shared_params_.push_back(net_->embed->weight);
   shared_opt_ = make_optimizer(cfg_, shared_params_);
+  if (opt_.stacked_blocks)
+    for (int t = 1; t <= net_->T(); ++t)
+      if (!net_->block_as<DenoiseBlockImpl>(t))
+        throw Error("config key 'stacked_blocks': block '" + cfg.architecture + "' has no stacked form");
 }
 
 std::vector<std::string> DTMethod::loss_names() const {
@@ -93,15 +107,20 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
     kernels::GeneratorScope dropout_seeds(gen);
     loss_t = block_loss(t, net_->denoise(t, x, z_prev), u_y);
   }
-  BlockStep r;
-  std::tie(r.ce, r.kl) = shared_losses(y, normal_like(u_y, gen));
-  auto total = loss_t + r.ce + r.kl;
+  auto [ce, kl] = shared_losses(y, normal_like(u_y, gen));
+  auto total = loss_t + ce + kl;
   std::vector<torch::Tensor> inputs = block_params_[t - 1];
   inputs.insert(inputs.end(), shared_params_.begin(), shared_params_.end());
   // Gradients come back as tensors rather than accumulating into .grad: the shared ones are
   // applied by the caller (per block, or summed over the ranks first).
   auto grads = torch::autograd::grad({total}, inputs, {}, /*retain_graph=*/false, /*create_graph=*/false,
                                      /*allow_unused=*/true);
+  return finish_block(t, std::move(grads), total, loss_t, ce, kl);
+}
+
+DTMethod::BlockStep DTMethod::finish_block(int t, std::vector<torch::Tensor> grads, const torch::Tensor& total,
+                                           const torch::Tensor& loss_t, const torch::Tensor& ce,
+                                           const torch::Tensor& kl) {
   torch::Tensor checked = total;
   if (parallel_->shards_batches()) {
     // parallel: data: every rank steps with the gradients averaged over the ranks' rows.
@@ -111,6 +130,8 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
     parallel_->average(all);
     checked = all[0];
   }
+  BlockStep r;
+  r.ce = ce, r.kl = kl;
   const auto n = std::ptrdiff_t(block_params_[t - 1].size());
   std::vector<torch::Tensor> block_grads(grads.begin(), grads.begin() + n);
   r.shared_grads.assign(grads.begin() + n, grads.end());
@@ -127,6 +148,58 @@ DTMethod::BlockStep DTMethod::step_block(int t, const torch::Tensor& x, const to
   r.stepped = true;
   r.loss = loss_t.detach();
   return r;
+}
+
+std::vector<DTMethod::BlockStep> DTMethod::step_blocks_stacked(const std::vector<int>& ts, const torch::Tensor& x,
+                                                               const torch::Tensor& y, uint64_t seeds) {
+  const auto K = int64_t(ts.size());
+  if (K == 0) return {};
+  const auto& W = net_->embed->weight;
+  const bool learned = net_->embed->learned;
+  // Learned embeddings: one copy of W_embed per block, so that each block's share of its gradient
+  // comes back apart, to be clipped with that block's other shared gradients as in step_block.
+  auto Wk = learned ? W.detach().unsqueeze(0).repeat({K, 1, 1}).requires_grad_()
+                    : W.detach().unsqueeze(0).expand({K, W.size(0), W.size(1)});
+  auto u_y = Wk.index_select(1, y);  // K × B × d
+  // Block t's noise from its own generator, in step_block's order: z_{t−1}'s, then z_T's.
+  std::vector<torch::Tensor> eps_prev, eps_T;
+  std::vector<double> a, b, w;
+  std::vector<DenoiseBlockImpl*> blocks;
+  std::vector<torch::Tensor> inputs;
+  for (int t : ts) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seeds + t);
+    eps_prev.push_back(normal_like(u_y[0], gen));
+    eps_T.push_back(normal_like(u_y[0], gen));
+    const double ab = schedule_.alpha_bar(t - 1);
+    a.push_back(std::sqrt(ab)), b.push_back(std::sqrt(1 - ab)), w.push_back(loss_weight(t));
+    blocks.push_back(net_->block_as<DenoiseBlockImpl>(t).get());
+    inputs.insert(inputs.end(), block_params_[t - 1].begin(), block_params_[t - 1].end());
+  }
+  auto column = [&](const std::vector<double>& v) { return torch::tensor(v, x.options()).view({K, 1, 1}); };
+  auto z_prev = column(a) * u_y + column(b) * torch::stack(eps_prev);
+  torch::manual_seed(seeds);
+  auto u_hat = torch::softmax(stacked_forward(blocks, x, z_prev), 2).bmm(Wk);
+  auto losses = column(w).view({K}) * (u_hat - u_y).pow(2).sum(2).mean(1);  // L_t of each block
+  if (learned) inputs.push_back(Wk);
+  // The blocks share no parameters: the gradient of the sum is each block's own.
+  auto grads = torch::autograd::grad({losses.sum()}, inputs, {}, false, false, /*allow_unused=*/true);
+  std::vector<BlockStep> out;
+  size_t at = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const int t = ts[size_t(k)];
+    auto [ce, kl] = shared_losses(y, eps_T[size_t(k)]);
+    auto shared = torch::autograd::grad({ce + kl}, shared_params_, {}, false, false, /*allow_unused=*/true);
+    if (learned) {
+      auto& g = shared.back();  // W_embed's: add what block t's loss gave its copy
+      g = g.defined() ? g + grads.back()[k] : grads.back()[k].clone();
+    }
+    const auto n = block_params_[t - 1].size();
+    std::vector<torch::Tensor> g(grads.begin() + std::ptrdiff_t(at), grads.begin() + std::ptrdiff_t(at + n));
+    at += n;
+    g.insert(g.end(), shared.begin(), shared.end());
+    out.push_back(finish_block(t, std::move(g), losses[k] + ce + kl, losses[k], ce, kl));
+  }
+  return out;
 }
 
 std::pair<torch::Tensor, torch::Tensor> DTMethod::shared_losses(const torch::Tensor& y, const torch::Tensor& eps_T) {
@@ -188,8 +261,16 @@ std::vector<torch::Tensor> DTMethod::train_step_per_batch(const torch::Tensor& x
   auto grads = torch::zeros({T, shared_numel}, x.options().dtype(torch::kFloat32));
   auto stats = torch::zeros({2 * T + 2}, x.options().dtype(torch::kFloat32));
   std::vector<BlockStep> results(T);
-  for (int t = 1; t <= T; ++t)
-    if (owns(t)) results[t - 1] = step_block(t, x, y, seeds + t);
+  if (opt_.stacked_blocks) {
+    std::vector<int> ts;
+    for (int t = 1; t <= T; ++t)
+      if (owns(t)) ts.push_back(t);
+    auto stacked = step_blocks_stacked(ts, x, y, seeds);
+    for (size_t k = 0; k < ts.size(); ++k) results[size_t(ts[k] - 1)] = std::move(stacked[k]);
+  } else {
+    for (int t = 1; t <= T; ++t)
+      if (owns(t)) results[t - 1] = step_block(t, x, y, seeds + t);
+  }
   torch::manual_seed(seeds);  // the same generator state on every rank from here on
   for (int t = 1; t <= T; ++t) {
     const auto& r = results[t - 1];

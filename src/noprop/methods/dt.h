@@ -21,6 +21,7 @@ struct DTOptions {
   enum class Order { interleaved, sequential } block_order = Order::interleaved;
   enum class SharedUpdate { per_block, per_batch } shared_update = SharedUpdate::per_block;
   enum class ClipScaling { none, loss_weight } grad_clip_scaling = ClipScaling::none;
+  bool stacked_blocks = false;
   double eta = 0.1;
   double grad_clip_max_norm = 1.0;
   bool fused_kernels = true;
@@ -77,6 +78,15 @@ class DTMethod : public Method {
     std::vector<torch::Tensor> shared_grads;  // in shared_params_ order (undefined: none)
   };
   BlockStep step_block(int t, const torch::Tensor& x, const torch::Tensor& y, uint64_t seed);
+  // The same for blocks ts at once (stacked_blocks): one forward and backward over their stacked
+  // weights, then each block's shared terms, clip, check and step as step_block does. Noise comes
+  // from seeds + t as in step_block; dropout from `seeds` (LibTorch's generator).
+  std::vector<BlockStep> step_blocks_stacked(const std::vector<int>& ts, const torch::Tensor& x, const torch::Tensor& y,
+                                             uint64_t seeds);
+  // Given block t's gradients (its parameters', then the shared ones) and its total loss: averages
+  // them over the ranks (parallel: data), clips, checks and steps block t's optimizer.
+  BlockStep finish_block(int t, std::vector<torch::Tensor> grads, const torch::Tensor& total,
+                         const torch::Tensor& loss_t, const torch::Tensor& ce, const torch::Tensor& kl);
   // CE and KL of Algorithm 1 with z_T = √ᾱ_T u_y + √(1 − ᾱ_T) eps_T.
   std::pair<torch::Tensor, torch::Tensor> shared_losses(const torch::Tensor& y, const torch::Tensor& eps_T);
   std::vector<torch::Tensor> train_step_per_batch(const torch::Tensor& x, const torch::Tensor& y);
