@@ -501,6 +501,19 @@ TEST_F(DistributedTest, BlockParallelMatchesOneProcess) {
   expect_close_rows(metrics_values(dir / "p1"), metrics_values(dir / "q"), 1e-4, "resumed");
 }
 
+// stacked_blocks, without dropout, in one process and block-parallel (each rank stacks its own
+// blocks): the per-block losses, CE and KL of per_batch block by block, up to rounding.
+TEST_F(DistributedTest, StackedBlocksMatchBlockByBlock) {
+  auto r = train("b0", "--epochs 2 --set dropout=0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = train("s1", "--epochs 2 --set dropout=0 --set stacked_blocks=true");
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_close_rows(metrics_values(dir / "b0"), metrics_values(dir / "s1"), 1e-4, "stacked");
+  r = train("s2", "--epochs 2 --set dropout=0 --set stacked_blocks=true --workers 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_close_rows(metrics_values(dir / "b0"), metrics_values(dir / "s2"), 1e-4, "stacked, 2 workers");
+}
+
 // Data-parallel back-propagation: each rank takes half of every batch and the gradients are
 // averaged, so the run follows the one-process run closely (not exactly: dropout masks and
 // batch-norm statistics are per rank).
