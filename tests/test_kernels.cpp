@@ -273,7 +273,8 @@ TEST(Conv3x3, Bf16MatchesAnFp64OpOnBf16Operands) {
       auto op = [&](const torch::Tensor& a, const torch::Tensor& k, const torch::Tensor& c) {
         return conv ? torch::conv2d(a, k, c, 1, 1) : torch::linear(a, k, c);
       };
-      auto y = conv ? kernels::conv3x3(x, w, b, true) : kernels::linear(x, w, b, true);
+      auto y =
+          conv ? kernels::conv3x3(x, w, b, kernels::ConvPath::bf16) : kernels::linear(x, w, b, kernels::ConvPath::bf16);
       auto gy = torch::randn(y.sizes());
       y.backward(gy);
 
@@ -294,47 +295,89 @@ TEST(Conv3x3, Bf16MatchesAnFp64OpOnBf16Operands) {
     }
 }
 
+// conv3x3 in fp32 Winograd F(4×4, 3×3) against an fp64 op on the same operands: the transforms
+// add fp32 rounding of their own (~1e-6 of the largest value), no more. Sizes that do not tile
+// by 4 included; a 3-channel input takes the direct kernel.
+TEST(Conv3x3, WinogradMatchesAnFp64Op) {
+  if (!kernels::conv_winograd_supported()) GTEST_SKIP() << "no AVX-512 on this CPU, or no oneDNN in this build";
+  torch::manual_seed(17);
+  for (const auto& [batch, c, h, w_] :
+       std::vector<std::array<int64_t, 4>>{{5, 32, 14, 14}, {16, 64, 7, 9}, {3, 3, 10, 12}}) {
+    SCOPED_TRACE(std::to_string(c) + " channels, " + std::to_string(h) + "x" + std::to_string(w_));
+    auto x = torch::randn({batch, c, h, w_}).requires_grad_();
+    auto w = (torch::randn({48, c, 3, 3}) * 0.1).requires_grad_();
+    auto b = torch::randn({48}).requires_grad_();
+    auto y = kernels::conv3x3(x, w, b, kernels::ConvPath::winograd);
+    auto gy = torch::randn(y.sizes());
+    y.backward(gy);
+    auto as_double = [](const torch::Tensor& t) { return t.detach().to(torch::kDouble).requires_grad_(); };
+    auto xr = as_double(x), wr = as_double(w), br = as_double(b);
+    auto yr = torch::conv2d(xr, wr, br, 1, 1);
+    yr.backward(gy.to(torch::kDouble));
+    auto close = [](const torch::Tensor& a, const torch::Tensor& ref) {
+      return (a.to(torch::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+    };
+    EXPECT_LT(close(y, yr), 1e-5);
+    EXPECT_LT(close(x.grad(), xr.grad()), 1e-5);
+    EXPECT_LT(close(w.grad(), wr.grad()), 1e-5);
+    EXPECT_LT(close(b.grad(), br.grad()), 1e-5);
+    EXPECT_GT(close(y, yr), 0.0);  // not LibTorch's fp32 op on doubles: oneDNN ran, in fp32
+  }
+}
+
 // Without bf16, or on anything but CPU float32: LibTorch's ops, exactly.
 TEST(Conv3x3, OtherwiseLibTorchsConvolution) {
   torch::manual_seed(8);
   auto w32 = torch::randn({8, 32, 3, 3}), b = torch::randn({8});
   auto x32 = torch::randn({2, 32, 6, 6});
-  EXPECT_TRUE(torch::equal(kernels::conv3x3(x32, w32, b, false), torch::conv2d(x32, w32, b, 1, 1)));
+  using kernels::ConvPath;
+  EXPECT_TRUE(torch::equal(kernels::conv3x3(x32, w32, b, ConvPath::torch), torch::conv2d(x32, w32, b, 1, 1)));
   auto xd = x32.to(torch::kDouble), wd = w32.to(torch::kDouble), bd = b.to(torch::kDouble);
-  EXPECT_TRUE(torch::equal(kernels::conv3x3(xd, wd, bd, true), torch::conv2d(xd, wd, bd, 1, 1)));
+  for (auto path : {ConvPath::bf16, ConvPath::winograd})
+    EXPECT_TRUE(torch::equal(kernels::conv3x3(xd, wd, bd, path), torch::conv2d(xd, wd, bd, 1, 1)));
   auto v = torch::randn({3, 20}), m = torch::randn({8, 20});
-  EXPECT_TRUE(torch::equal(kernels::linear(v, m, b, false), torch::linear(v, m, b)));
-  EXPECT_TRUE(torch::equal(kernels::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd, true),
+  // The linear layer has no Winograd form: LibTorch's, as with torch.
+  for (auto path : {ConvPath::torch, ConvPath::winograd})
+    EXPECT_TRUE(torch::equal(kernels::linear(v, m, b, path), torch::linear(v, m, b)));
+  EXPECT_TRUE(torch::equal(kernels::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd, ConvPath::bf16),
                            torch::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd)));
 }
 
-// The bf16 path inside a block trains like the fp32 one: same loss after a few steps to within
-// bf16's rounding (the end-to-end accuracy check is in docs/speed.md).
-TEST(Conv3x3, Bf16BlockFollowsTheFp32Block) {
-  if (!kernels::conv_bf16_supported()) GTEST_SKIP() << "no bf16 on this CPU, or no oneDNN in this build";
-  BlockOptions opt;
-  opt.architecture = "paper";
-  opt.dropout = 0.0;
-  auto bf16_opt = opt;
-  bf16_opt.conv_bf16 = true;
-  auto [fp32, bf16] = twin_blocks(opt, bf16_opt, 9);
-  auto x = torch::rand({16, 1, 28, 28}), z = torch::randn({16, 10});
-  auto target = torch::randint(0, 10, {16});
-  std::vector<double> losses[2];
-  int k = 0;
-  for (DenoiseBlock* block : {&fp32, &bf16}) {
-    torch::optim::Adam opt_((*block)->parameters(), 1e-3);
-    for (int step = 0; step < 5; ++step) {
-      opt_.zero_grad();
-      auto loss = torch::cross_entropy_loss((*block)->forward(x, z), target);
-      loss.backward();
-      opt_.step();
-      losses[k].push_back(loss.item<double>());
+// The bf16 and Winograd paths inside a block train like LibTorch's fp32 one: same loss after a
+// few steps to within bf16's rounding, or to fp32's (the end-to-end accuracy check is in
+// docs/speed.md).
+TEST(Conv3x3, OneDnnBlockFollowsTheFp32Block) {
+  for (auto path : {kernels::ConvPath::bf16, kernels::ConvPath::winograd}) {
+    const bool bf16 = path == kernels::ConvPath::bf16;
+    SCOPED_TRACE(bf16 ? "bf16" : "winograd");
+    if (!(bf16 ? kernels::conv_bf16_supported() : kernels::conv_winograd_supported())) continue;
+    BlockOptions opt;
+    opt.architecture = "paper";
+    opt.dropout = 0.0;
+    auto other_opt = opt;
+    other_opt.conv = path;
+    auto [fp32, other] = twin_blocks(opt, other_opt, 9);
+    auto x = torch::rand({16, 1, 28, 28}), z = torch::randn({16, 10});
+    auto target = torch::randint(0, 10, {16});
+    std::vector<double> losses[2];
+    int k = 0;
+    for (DenoiseBlock* block : {&fp32, &other}) {
+      torch::optim::Adam opt_((*block)->parameters(), 1e-3);
+      for (int step = 0; step < 5; ++step) {
+        opt_.zero_grad();
+        auto loss = torch::cross_entropy_loss((*block)->forward(x, z), target);
+        loss.backward();
+        opt_.step();
+        losses[k].push_back(loss.item<double>());
+      }
+      ++k;
     }
-    ++k;
+    // Winograd: the first loss from the same weights to fp32 rounding; later ones drift as
+    // Adam's normalised steps magnify the gradients' rounding (0.25 % by step 5).
+    for (size_t i = 0; i < losses[0].size(); ++i)
+      EXPECT_NEAR(losses[1][i], losses[0][i], (bf16 ? 0.02 : i == 0 ? 1e-5 : 1e-2) * losses[0][i]) << i;
+    EXPECT_LT(losses[1].back(), losses[1].front());
   }
-  for (size_t i = 0; i < losses[0].size(); ++i) EXPECT_NEAR(losses[1][i], losses[0][i], 0.02 * losses[0][i]) << i;
-  EXPECT_LT(losses[1].back(), losses[1].front());
 }
 
 }  // namespace
@@ -343,11 +386,14 @@ TEST(Conv3x3, Bf16BlockFollowsTheFp32Block) {
 namespace noprop {
 namespace {
 
-// conv_precision: auto takes bf16 only where it pays (AMX) and never with LibTorch's kernels; an
-// explicit bf16 that cannot be had is an error naming the key, not a silent fp32 run.
+// conv_precision: auto takes bf16 only where it pays (AMX), else Winograd where oneDNN has it
+// (AVX-512), never with LibTorch's kernels or on a GPU; an explicit bf16 or winograd that cannot
+// be had is an error naming the key, not a silent fp32 run.
 TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   Config cfg;
-  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast() ? "bf16" : "fp32");
+  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast()            ? "bf16"
+                                 : kernels::conv_winograd_supported() ? "winograd"
+                                                                      : "fp32");
   cfg.conv_precision = "fp32";
   EXPECT_EQ(conv_precision(cfg), "fp32");
   cfg.kernels = "torch";
@@ -360,7 +406,17 @@ TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'conv_precision'"), std::string::npos) << e.what();
   }
+  cfg.conv_precision = "winograd";
+  EXPECT_THROW(conv_precision(cfg), Error);
   cfg.kernels = "fused";
+  if (kernels::conv_winograd_supported())
+    EXPECT_EQ(conv_precision(cfg), "winograd");
+  else
+    EXPECT_THROW(conv_precision(cfg), Error);
+  cfg.device = "cuda";
+  EXPECT_EQ(conv_precision(cfg), "fp32");
+  cfg.device = "cpu";
+  cfg.conv_precision = "bf16";
   if (kernels::conv_bf16_supported()) {
     EXPECT_EQ(conv_precision(cfg), "bf16");
   }

@@ -178,9 +178,9 @@ const std::vector<Key>& keys() {
       number("threads", &Config::threads, 0, 4096, "CPU threads (0: all cores)"),
       text("kernels", &Config::kernels, {"fused", "torch"},
            "CPU: fused ReLU-pool-dropout kernels, or LibTorch's separate ops (the reference)"),
-      text("conv_precision", &Config::conv_precision, {"auto", "fp32", "bf16"},
-           "CPU, kernels: fused: the image path's convolutions and first linear layer in bf16 or fp32 (auto: bf16 with "
-           "AMX)"),
+      text("conv_precision", &Config::conv_precision, {"auto", "fp32", "bf16", "winograd"},
+           "CPU, kernels: fused: the image path's convolutions and first linear layer in bf16, fp32, or fp32 "
+           "Winograd (AVX-512) (auto: bf16 with AMX)"),
       number("concurrent_blocks", &Config::concurrent_blocks, 0, 4096,
              "only 1 (blocks one after another); --workers N trains NoProp-DT blocks in parallel"),
       text("parallel", &Config::parallel, {"block", "data"},

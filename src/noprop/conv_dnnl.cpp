@@ -1,14 +1,15 @@
-// The image path's 3×3 convolutions and its flattened-features layer with bf16 operands through
-// oneDNN directly (kernels.h: conv3x3, linear), on CPUs that compute bf16 natively (AMX pays;
-// AVX512-BF16 alone was slower than fp32).
+// The image path's 3×3 convolutions and its flattened-features layer through oneDNN directly
+// (kernels.h: conv3x3, linear): with bf16 operands on CPUs that compute bf16 natively (AMX pays;
+// AVX512-BF16 alone was slower than fp32), or in fp32 with oneDNN's Winograd kernels (AVX-512).
 //
-// Why not LibTorch's op on bf16 tensors, which calls the same library (Debian's LibTorch links
-// libdnnl.so.2)? Measured with bench/bench_dnnl.cpp (docs/speed.md): LibTorch casts every operand
-// and reorders around every call, and its bf16 autocast made a step slower than fp32; oneDNN
-// called directly runs its AMX kernels at 4-11× the fp32 speed (the layer after the
-// convolutions, 3136 or 6272 → 256, is OpenBLAS fp32 otherwise). Each call here reorders its
-// fp32 operands into the bf16 layouts oneDNN chooses, runs one primitive into fp32, and reorders
-// back: fp32 in and out (weights, gradients and everything else stay fp32).
+// Why not LibTorch's op, which calls the same library (Debian's LibTorch links libdnnl.so.2)?
+// Measured with bench/bench_dnnl.cpp (docs/speed.md): LibTorch casts every operand and reorders
+// around every call, and its bf16 autocast made a step slower than fp32; oneDNN called directly
+// runs its AMX kernels at 4-11× the fp32 speed (the layer after the convolutions, 3136 or 6272 →
+// 256, is OpenBLAS fp32 otherwise). LibTorch never picks Winograd, 1.6-1.7× faster than its
+// direct fp32 kernels on AVX-512. Each call here reorders its fp32 operands into the layouts
+// oneDNN chooses (bf16 or fp32), runs one primitive into fp32, and reorders back: fp32 in and out
+// (weights, gradients and everything else stay fp32).
 #include "noprop/kernels.h"
 
 #ifdef NOPROP_WITH_DNNL
@@ -38,13 +39,14 @@ const dnnl::engine& engine() {
 
 memory::dims dims_of(const torch::Tensor& t) { return memory::dims(t.sizes().begin(), t.sizes().end()); }
 
-// conv3x3_fp32: fp32 operands (the first convolution, see conv3x3).
-enum class Op { conv3x3, linear, conv3x3_fp32 };
+// conv3x3: bf16 operands; conv3x3_fp32: fp32 operands, direct (the first convolution, see
+// conv3x3); conv3x3_winograd: fp32 operands, Winograd F(4×4, 3×3) where oneDNN has it.
+enum class Op { conv3x3, linear, conv3x3_fp32, conv3x3_winograd };
 
 // The primitives of one operation and shape, made once: making a descriptor costs about as
 // much as running a small convolution (the backward pass took twice as long when it rebuilt
-// them). Operands (x, w, the output's gradient) in bf16, results and gradients into fp32, every
-// layout oneDNN's choice; the bias stays fp32.
+// them). Operands (x, w, the output's gradient) in bf16 or fp32 (see Op), results and gradients
+// into fp32, every layout oneDNN's choice; the bias stays fp32.
 struct Primitives {
   dnnl::primitive_desc fwd_pd, bwd_data_pd, bwd_weights_pd;
   dnnl::primitive fwd, bwd_data, bwd_weights;
@@ -52,7 +54,7 @@ struct Primitives {
   // x: N×C×H×W and w: K×C×3×3 (padding 1, stride 1), or x: N×C and w: K×C.
   Primitives(Op op, const memory::dims& x, const memory::dims& w) {
     const bool conv = op != Op::linear;
-    const dt in = op == Op::conv3x3_fp32 ? dt::f32 : dt::bf16;
+    const dt in = op == Op::conv3x3_fp32 || op == Op::conv3x3_winograd ? dt::f32 : dt::bf16;
     memory::dims y{x[0], w[0]};
     if (conv) y.insert(y.end(), {x[2], x[3]});
     auto md = [](const memory::dims& d, dt type) { return memory::desc(d, type, tag::any); };
@@ -61,13 +63,24 @@ struct Primitives {
     const auto& eng = engine();
     if (conv) {
       const memory::dims strides{1, 1}, pad{1, 1};
-      const auto alg = dnnl::algorithm::convolution_direct;
-      dnnl::convolution_forward::primitive_desc f(
-          {dnnl::prop_kind::forward_training, alg, src, wei, bias, dst, strides, pad, pad}, eng);
-      bwd_data_pd = dnnl::convolution_backward_data::primitive_desc({alg, dsrc, wei, ddst, strides, pad, pad}, eng, f);
-      bwd_weights_pd =
-          dnnl::convolution_backward_weights::primitive_desc({alg, src, dwei, bias, ddst, strides, pad, pad}, eng, f);
-      fwd_pd = f;
+      auto make = [&](dnnl::algorithm alg) {
+        dnnl::convolution_forward::primitive_desc f(
+            {dnnl::prop_kind::forward_training, alg, src, wei, bias, dst, strides, pad, pad}, eng);
+        bwd_data_pd =
+            dnnl::convolution_backward_data::primitive_desc({alg, dsrc, wei, ddst, strides, pad, pad}, eng, f);
+        bwd_weights_pd =
+            dnnl::convolution_backward_weights::primitive_desc({alg, src, dwei, bias, ddst, strides, pad, pad}, eng, f);
+        fwd_pd = f;
+      };
+      if (op != Op::conv3x3_winograd) {
+        make(dnnl::algorithm::convolution_direct);
+      } else {
+        try {
+          make(dnnl::algorithm::convolution_winograd);
+        } catch (const dnnl::error&) {  // no Winograd kernel for this shape or CPU: the direct one
+          make(dnnl::algorithm::convolution_direct);
+        }
+      }
     } else {
       dnnl::inner_product_forward::primitive_desc f({dnnl::prop_kind::forward_training, src, wei, bias, dst}, eng);
       bwd_data_pd = dnnl::inner_product_backward_data::primitive_desc({dsrc, wei, ddst}, eng, f);
@@ -117,13 +130,13 @@ torch::Tensor run(const dnnl::primitive& prim, std::unordered_map<int, memory> a
   return result;
 }
 
-struct Bf16Op : torch::autograd::Function<Bf16Op> {
+struct DnnlOp : torch::autograd::Function<DnnlOp> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& w_in,
                                const torch::Tensor& b_in, int64_t op) {
     auto x = x_in.contiguous(), w = w_in.contiguous(), b = b_in.contiguous();
     const auto& p = primitives(Op(op), x.sizes(), w.sizes());
     dnnl::stream s(engine());
-    // x in the primitive's bf16 layout, kept for the weights' gradient (half of x's size).
+    // x in the primitive's layout, kept for the weights' gradient (in bf16, half of x's size).
     auto x_in_layout = torch::empty({int64_t(p.fwd_pd.src_desc().get_size())}, torch::kUInt8);
     memory src(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr()), user = plain(x);
     dnnl::reorder(user, src).execute(s, user, src);
@@ -173,27 +186,31 @@ bool cpu_float(const torch::Tensor& x, const torch::Tensor& w) {
 
 bool conv_bf16_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_bf16; }
 bool conv_bf16_fast() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_amx; }
+// oneDNN 2.6's fp32 Winograd kernels (jit_wino_4x3) are AVX-512 ones.
+bool conv_winograd_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core; }
 
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
-  if (!bf16 || !cpu_float(x, w) || x.dim() != 4 || w.size(2) != 3 || w.size(3) != 3)
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path) {
+  if (path == ConvPath::torch || !cpu_float(x, w) || x.dim() != 4 || w.size(2) != 3 || w.size(3) != 3)
     return torch::conv2d(x, w, b, 1, 1);
   // A 1- or 3-channel input has no AMX kernel worth having (bf16 made NoProp-DT seed steps
   // slower: 0.167-0.169 s against 0.157-0.163 s); in fp32 oneDNN's blocked kernel beat LibTorch's
   // call into the same library, whose backward pass took 3.2 ms here against 0.8 ms.
-  return Bf16Op::apply(x, w, b, int64_t(x.size(1) < 16 ? Op::conv3x3_fp32 : Op::conv3x3));
+  if (x.size(1) < 16) return DnnlOp::apply(x, w, b, int64_t(Op::conv3x3_fp32));
+  return DnnlOp::apply(x, w, b, int64_t(path == ConvPath::bf16 ? Op::conv3x3 : Op::conv3x3_winograd));
 }
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16) {
-  if (!bf16 || !cpu_float(x, w) || x.dim() != 2 || !b.defined()) return torch::linear(x, w, b);
-  return Bf16Op::apply(x, w, b, int64_t(Op::linear));
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path) {
+  if (path != ConvPath::bf16 || !cpu_float(x, w) || x.dim() != 2 || !b.defined()) return torch::linear(x, w, b);
+  return DnnlOp::apply(x, w, b, int64_t(Op::linear));
 }
 #else
 bool conv_bf16_supported() { return false; }
 bool conv_bf16_fast() { return false; }
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool) {
+bool conv_winograd_supported() { return false; }
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath) {
   return torch::conv2d(x, w, b, 1, 1);
 }
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool) {
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath) {
   return torch::linear(x, w, b);
 }
 #endif

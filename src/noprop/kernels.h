@@ -56,18 +56,26 @@ bool adamw_supported(const torch::Tensor& t);
 void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
                   double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step);
 
-// conv2d(x, w, b, stride 1, padding 1) for 3×3 weights, autograd-aware. With `bf16`, through
-// oneDNN directly (conv_dnnl.cpp): bf16 operands and fp32 results, except for inputs of under
-// 16 channels (the first convolution), which run in fp32 there. Without `bf16`, without oneDNN
+// How the image path's 3×3 convolutions (and its flattened-features layer) run on a CPU, from
+// config key conv_precision: LibTorch's ops (fp32, the reference); bf16 operands through oneDNN
+// directly; fp32 Winograd through oneDNN directly.
+enum class ConvPath { torch, bf16, winograd };
+
+// conv2d(x, w, b, stride 1, padding 1) for 3×3 weights, autograd-aware. With bf16 or winograd,
+// through oneDNN directly (conv_dnnl.cpp): bf16 operands and fp32 results, or fp32 Winograd
+// F(4×4, 3×3) (the direct kernel where oneDNN has no Winograd one); inputs of under 16 channels
+// (the first convolution) take oneDNN's direct fp32 kernel on both. With torch, without oneDNN
 // in the build, or for anything but CPU float32: LibTorch's conv2d.
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);
-// linear(x, w, b) for N×C x, the same way: bf16 operands, fp32 results (`bf16`), else LibTorch's.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool bf16);
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path);
+// linear(x, w, b) for N×C x: bf16 operands, fp32 results (bf16), else LibTorch's.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path);
 // Whether conv3x3 can run in bf16 here (oneDNN in the build, a CPU with AVX512-BF16 or AMX), and
 // whether it pays: with AMX, 1.3-1.9× faster NoProp-DT steps; with AVX512-BF16 alone, slower than
 // fp32 (0.284 against 0.251 s per batch, seed architecture; docs/speed.md).
 bool conv_bf16_supported();
 bool conv_bf16_fast();
+// Whether oneDNN has its fp32 Winograd kernels here (oneDNN in the build, AVX-512).
+bool conv_winograd_supported();
 
 // The pooling kernels use hand-written AVX-512 where the CPU has it, else portable loops.
 // Turns the AVX-512 path off (false) or back on; returns the previous setting. For tests.

@@ -28,6 +28,11 @@ namespace {
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// The first line's note on how the convolutions run, where it is not LibTorch's fp32.
+std::string conv_note(const std::string& precision) {
+  return precision == "bf16" ? " (bf16 convolutions)" : precision == "winograd" ? " (fp32 Winograd convolutions)" : "";
+}
+
 double tensor_bytes(const torch::Tensor& t) { return t.defined() ? double(t.nbytes()) : 0.0; }
 
 // Bytes of an optimizer's per-parameter state (Adam's and AdamW's moments, SGD's momentum).
@@ -379,7 +384,7 @@ void Trainer::open_logs() {
   progress_->line(
       "run " + dir_.string() + ": " + cfg_.method + " on " + cfg_.dataset + ", " +
       std::to_string(method_->parameter_count()) + " parameters, " + std::to_string(threads_) + " threads, device " +
-      device_.str() + (conv_precision(cfg_) == "bf16" ? " (bf16 convolutions)" : "") +
+      device_.str() + conv_note(conv_precision(cfg_)) +
       (dist_ ? ", " + std::to_string(dist_->world()) + " workers (" + method_->parallelism().name() + ")" : "") +
       (opt_.resume ? ", resuming after epoch " + std::to_string(state_.epoch) +
                          (state_.in_epoch_batches >= 0 ? " and " + std::to_string(state_.in_epoch_batches) +

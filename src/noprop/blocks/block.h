@@ -17,6 +17,8 @@
 
 #include <string>
 
+#include "noprop/kernels.h"
+
 namespace noprop {
 
 struct BlockOptions {
@@ -29,9 +31,9 @@ struct BlockOptions {
   // CPU float32 fast paths (kernels.h) where the block has them; false: LibTorch's separate
   // ops, the reference.
   bool fused_kernels = true;
-  // With fused_kernels: the image path's convolutions and its flattened-features layer take bf16
-  // operands (fp32 results; kernels::conv3x3, kernels::linear).
-  bool conv_bf16 = false;
+  // With fused_kernels: how the image path's convolutions and its flattened-features layer run
+  // (LibTorch's ops, bf16 operands or fp32 Winograd through oneDNN; kernels::conv3x3, kernels::linear).
+  kernels::ConvPath conv = kernels::ConvPath::torch;
 };
 
 struct BlockImpl : torch::nn::Module {

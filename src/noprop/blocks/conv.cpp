@@ -70,11 +70,11 @@ torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, co
   for (size_t i = 0; i < n;) {
     if (is(i, conv)) {  // every convolution here is conv3x3: 3×3, stride 1, padding 1
       const auto& c = *path->ptr<nn::Conv2dImpl>(i);
-      h = kernels::conv3x3(h, c.weight, c.bias, opt.conv_bf16);
+      h = kernels::conv3x3(h, c.weight, c.bias, opt.conv);
       ++i;
     } else if (is(i, linear)) {  // the flattened features → 256, the path's largest matrix product
       const auto& l = *path->ptr<nn::LinearImpl>(i);
-      h = kernels::linear(h, l.weight, l.bias, opt.conv_bf16);
+      h = kernels::linear(h, l.weight, l.bias, opt.conv);
       ++i;
     } else if (is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
                *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&

@@ -17,7 +17,8 @@ namespace noprop {
 // The block options a config asks for on a data set (d follows the embedding).
 BlockOptions block_options(const Config& cfg, const DataInfo& info);
 // The convolutions' precision a run gets from config key conv_precision on this CPU and build:
-// "bf16" or "fp32" ("fp32" on a GPU); an Error when bf16 is asked for and cannot be had.
+// "bf16", "winograd" or "fp32" ("fp32" on a GPU); an Error when bf16 or winograd is asked for and
+// cannot be had.
 std::string conv_precision(const Config& cfg);
 
 // The discrete-time methods have T blocks; the continuous-time ones (the method's spec says
