@@ -411,10 +411,15 @@ TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   cfg.conv_precision = "winograd";
   EXPECT_THROW(conv_precision(cfg), Error);
   cfg.kernels = "fused";
-  if (kernels::conv_winograd_supported())
+  if (kernels::conv_winograd_supported()) {
     EXPECT_EQ(conv_precision(cfg), "winograd");
-  else
+    cfg.device = "cuda";  // the oneDNN paths are CPU ones
+    EXPECT_EQ(conv_precision(cfg), "fp32");
+    cfg.device = "cpu";
+  } else {
     EXPECT_THROW(conv_precision(cfg), Error);
+  }
+  cfg.conv_precision = "auto";
   cfg.device = "cuda";
   EXPECT_EQ(conv_precision(cfg), "fp32");
   cfg.device = "cpu";
