@@ -104,8 +104,9 @@ struct Config {
   // as one fused kernel (fused), or as LibTorch's separate ops (torch, the reference) (ours).
   std::string kernels = "fused";
   // With kernels: fused, the image path's convolutions and its flattened-features layer take
-  // bf16 operands (fp32 results and weights) or run in fp32; auto: bf16 where the CPU has AMX
-  // (where it pays), else fp32.
+  // bf16 operands (fp32 results and weights), or the convolutions run in fp32 Winograd, or
+  // LibTorch's fp32; auto: bf16 where the CPU has AMX (where it pays), else Winograd where it
+  // has AVX-512, else fp32.
   std::string conv_precision = "auto";
   // Only 1 (blocks one after another, every op on all threads): read so that config files that
   // name it stay valid. Blocks on concurrent threads of one process made LibTorch's oneDNN

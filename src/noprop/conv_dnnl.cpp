@@ -193,8 +193,9 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torc
   if (path == ConvPath::torch || !cpu_float(x, w) || x.dim() != 4 || w.size(2) != 3 || w.size(3) != 3)
     return torch::conv2d(x, w, b, 1, 1);
   // A 1- or 3-channel input has no AMX kernel worth having (bf16 made NoProp-DT seed steps
-  // slower: 0.167-0.169 s against 0.157-0.163 s); in fp32 oneDNN's blocked kernel beat LibTorch's
-  // call into the same library, whose backward pass took 3.2 ms here against 0.8 ms.
+  // slower: 0.167-0.169 s against 0.157-0.163 s) nor a fast Winograd one (4 ms forward against
+  // 0.3); in fp32 oneDNN's blocked direct kernel beat LibTorch's call into the same library,
+  // whose backward pass took 3.2 ms here against 0.8 ms.
   if (x.size(1) < 16) return DnnlOp::apply(x, w, b, int64_t(Op::conv3x3_fp32));
   return DnnlOp::apply(x, w, b, int64_t(path == ConvPath::bf16 ? Op::conv3x3 : Op::conv3x3_winograd));
 }

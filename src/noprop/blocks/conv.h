@@ -28,7 +28,7 @@ namespace noprop {
 // continuous-time model); shared by the image path and the prototype label path.
 torch::nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm = true);
 // Runs a conv path. With opt.fused_kernels, each convolution goes through kernels::conv3x3 and
-// each linear layer through kernels::linear (bf16 operands with opt.conv), and each ReLU → MaxPool2d → Dropout (or
+// each linear layer through kernels::linear (the way opt.conv says), and each ReLU → MaxPool2d → Dropout (or
 // ReLU → Dropout) run of modules through one fused kernel instead; the parameters are the same either way.
 torch::Tensor conv_path_forward(torch::nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt);
 

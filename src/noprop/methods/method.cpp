@@ -30,9 +30,9 @@ std::string conv_precision(const Config& cfg) {
     throw Error(
         "config key 'conv_precision': winograd needs kernels: fused, a build with oneDNN and a CPU with AVX-512");
   // The kernels are CPU ones: on a GPU the blocks run LibTorch's ops, in fp32.
-  if (cfg.device != "cpu" || want == "fp32" || !fused) return "fp32";
+  if (cfg.device != "cpu" || !fused) return "fp32";
   if (want != "auto") return want;
-  // bf16 where AMX runs it; else fp32 Winograd where oneDNN has it (AVX-512): 1.1-1.3× faster
+  // bf16 where AMX runs it; else fp32 Winograd where oneDNN has it (AVX-512): 1.1-1.4× faster
   // NoProp-DT steps than LibTorch's direct convolutions (docs/speed.md).
   return kernels::conv_bf16_fast() ? "bf16" : kernels::conv_winograd_supported() ? "winograd" : "fp32";
 }
