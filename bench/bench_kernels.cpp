@@ -11,30 +11,35 @@
 
 namespace {
 
+enum Mode { kTorch, kFused, kBlocked };  // LibTorch's ops; the fused kernels, on plain or blocked layouts
+
 // Conv outputs of the seed architecture: after conv1 (32×28×28) and conv2 (64×14×14).
-torch::Tensor input(const benchmark::State& state) {
-  return torch::randn({128, state.range(0), state.range(1), state.range(1)});
+torch::Tensor input(const benchmark::State& state, Mode mode) {
+  auto x = torch::randn({128, state.range(0), state.range(1), state.range(1)});
+  return mode == kBlocked ? noprop::kernels::to_blocked(x) : x;
 }
 
 torch::Tensor reference_pool(const torch::Tensor& x, double p) {
   return torch::dropout(torch::max_pool2d(torch::relu(x), 2), p, true);
 }
 
-void BM_PoolForward(benchmark::State& state, bool fused) {
+void BM_PoolForward(benchmark::State& state, Mode mode) {
   torch::NoGradGuard no_grad;
-  auto x = input(state);
+  auto x = input(state, mode);
   for (auto _ : state) {
-    auto y = fused ? noprop::kernels::relu_pool_dropout(x, 0.2) : reference_pool(x, 0.2);
+    auto y = mode != kTorch ? noprop::kernels::relu_pool_dropout(x, 0.2) : reference_pool(x, 0.2);
     benchmark::DoNotOptimize(y.data_ptr());
   }
   state.SetBytesProcessed(state.iterations() * x.numel() * 4);
 }
 
-void BM_PoolForwardBackward(benchmark::State& state, bool fused) {
-  auto x = input(state).requires_grad_(true);
-  auto g = torch::randn({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2});
+void BM_PoolForwardBackward(benchmark::State& state, Mode mode) {
+  auto x = input(state, mode).requires_grad_(true);
+  auto sizes = x.sizes().vec();
+  sizes[2] /= 2, sizes[3] /= 2;
+  auto g = torch::randn(sizes);
   for (auto _ : state) {
-    auto y = fused ? noprop::kernels::relu_pool_dropout(x, 0.2) : reference_pool(x, 0.2);
+    auto y = mode != kTorch ? noprop::kernels::relu_pool_dropout(x, 0.2) : reference_pool(x, 0.2);
     y.backward(g);
     benchmark::DoNotOptimize(x.grad().data_ptr());
     x.mutable_grad() = torch::Tensor();
@@ -42,11 +47,11 @@ void BM_PoolForwardBackward(benchmark::State& state, bool fused) {
   state.SetBytesProcessed(state.iterations() * x.numel() * 4);
 }
 
-void BM_ReluDropoutForwardBackward(benchmark::State& state, bool fused) {
-  auto x = input(state).requires_grad_(true);
+void BM_ReluDropoutForwardBackward(benchmark::State& state, Mode mode) {
+  auto x = input(state, mode).requires_grad_(true);
   auto g = torch::randn_like(x);
   for (auto _ : state) {
-    auto y = fused ? noprop::kernels::relu_dropout(x, 0.2) : torch::dropout(torch::relu(x), 0.2, true);
+    auto y = mode != kTorch ? noprop::kernels::relu_dropout(x, 0.2) : torch::dropout(torch::relu(x), 0.2, true);
     y.backward(g);
     benchmark::DoNotOptimize(x.grad().data_ptr());
     x.mutable_grad() = torch::Tensor();
@@ -56,12 +61,18 @@ void BM_ReluDropoutForwardBackward(benchmark::State& state, bool fused) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_PoolForward, fused, true)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_PoolForward, torch, false)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_PoolForwardBackward, fused, true)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_PoolForwardBackward, torch, false)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_ReluDropoutForwardBackward, fused, true)->Args({64, 14})->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_ReluDropoutForwardBackward, torch, false)->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForward, fused, kFused)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForward, blocked, kBlocked)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForward, torch, kTorch)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForwardBackward, fused, kFused)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForwardBackward, blocked, kBlocked)
+    ->Args({32, 28})
+    ->Args({64, 14})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_PoolForwardBackward, torch, kTorch)->Args({32, 28})->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_ReluDropoutForwardBackward, fused, kFused)->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_ReluDropoutForwardBackward, blocked, kBlocked)->Args({64, 14})->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_ReluDropoutForwardBackward, torch, kTorch)->Args({64, 14})->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) {
   noprop::init_process(argc, argv);

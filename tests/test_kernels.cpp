@@ -107,6 +107,38 @@ TEST_P(Kernels, ReluDropoutMatchesLibTorchWithTheSameMask) {
                run([&](auto& v) { return torch::relu(v); }, x, g));
 }
 
+// On channel-blocked activations (oneDNN's nChw16c) the kernels give exactly the plain
+// layout's outputs, gradients and dropout masks, reordered; a plain rebuild by hand of the
+// layout checks to_blocked and to_plain themselves.
+TEST_P(Kernels, BlockedLayoutGivesThePlainResults) {
+  torch::manual_seed(6);
+  auto x = torch::randn({3, 32, 6, 10});
+  // Element (n, c, h, w) sits at [n][c / 16][h][w][c % 16].
+  auto blocked = kernels::to_blocked(x);
+  ASSERT_EQ(blocked.sizes(), (std::vector<int64_t>{3, 2, 6, 10, 16}));
+  EXPECT_EQ(blocked[2][1][4][7][5].item<float>(), x[2][21][4][7].item<float>());
+  EXPECT_TRUE(torch::equal(kernels::to_plain(blocked), x));
+  EXPECT_TRUE(kernels::blocked(blocked));
+  EXPECT_FALSE(kernels::blocked(x));
+  for (const double p : {0.0, 0.3}) {
+    SCOPED_TRACE("p = " + std::to_string(p));
+    auto gp = torch::randn({3, 32, 3, 5});
+    auto plain = run([&](auto& v) { return kernels::relu_pool_dropout(v, p, 77); }, x, gp);
+    auto blk = run([&](auto& v) { return kernels::relu_pool_dropout(v, p, 77); }, blocked, kernels::to_blocked(gp));
+    EXPECT_TRUE(torch::equal(kernels::to_plain(blk.out), plain.out));
+    EXPECT_TRUE(torch::equal(kernels::to_plain(blk.grad), plain.grad));
+    auto gr = torch::randn_like(x);
+    plain = run([&](auto& v) { return kernels::relu_dropout(v, p, 78); }, x, gr);
+    blk = run([&](auto& v) { return kernels::relu_dropout(v, p, 78); }, blocked, kernels::to_blocked(gr));
+    EXPECT_TRUE(torch::equal(kernels::to_plain(blk.out), plain.out));
+    EXPECT_TRUE(torch::equal(kernels::to_plain(blk.grad), plain.grad));
+    // Without autograd too (inference).
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(kernels::to_plain(kernels::relu_pool_dropout(blocked, p, 5)),
+                             kernels::relu_pool_dropout(x, p, 5)));
+  }
+}
+
 TEST_P(Kernels, NonContiguousInputAndGradient) {
   torch::manual_seed(5);
   auto x = torch::randn({4, 6, 8, 3}).permute({0, 3, 1, 2});  // 4×3×6×8, not contiguous
@@ -322,6 +354,39 @@ TEST(Conv3x3, WinogradMatchesAnFp64Op) {
     EXPECT_LT(close(w.grad(), wr.grad()), 1e-5);
     EXPECT_LT(close(b.grad(), br.grad()), 1e-5);
     EXPECT_GT(close(y, yr), 0.0);  // not LibTorch's fp32 op on doubles: oneDNN ran, in fp32
+  }
+}
+
+// Channel-blocked inputs and outputs (kernels.h) through oneDNN: the plain layout's results
+// (the plain path reorders into the same blocked layout, so they agree to the last bit), and
+// LibTorch's convolution takes them back plain.
+TEST(Conv3x3, BlockedLayoutsGiveThePlainResults) {
+  torch::manual_seed(19);
+  auto w1 = torch::randn({32, 1, 3, 3}), b1 = torch::randn({32});
+  auto w2 = (torch::randn({64, 32, 3, 3}) * 0.1), b2 = torch::randn({64});
+  auto x = torch::randn({4, 1, 12, 12});
+  using kernels::ConvPath;
+  for (auto path : {ConvPath::winograd, ConvPath::bf16, ConvPath::torch}) {
+    if (path == ConvPath::winograd && !kernels::conv_winograd_supported()) continue;
+    if (path == ConvPath::bf16 && !kernels::conv_bf16_supported()) continue;
+    SCOPED_TRACE(int(path));
+    auto two_convs = [&](bool blocked_out) {
+      auto ps = std::vector<torch::Tensor>{w1.clone().requires_grad_(), b1.clone().requires_grad_(),
+                                           w2.clone().requires_grad_(), b2.clone().requires_grad_()};
+      auto h = kernels::conv3x3(x, ps[0], ps[1], path, blocked_out);
+      EXPECT_EQ(kernels::blocked(h), blocked_out && path != ConvPath::torch);
+      auto y = kernels::to_plain(kernels::conv3x3(h, ps[2], ps[3], path, blocked_out));
+      EXPECT_EQ(y.dim(), 4);
+      (y * torch::arange(y.numel()).view(y.sizes()).sin()).sum().backward();
+      ps.insert(ps.begin(), y.detach());
+      return ps;
+    };
+    auto plain = two_convs(false), blk = two_convs(true);
+    for (size_t i = 0; i < plain.size(); ++i) {
+      const auto& a = i == 0 ? plain[i] : plain[i].grad();
+      const auto& b = i == 0 ? blk[i] : blk[i].grad();
+      EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-6)) << i << ": " << (a - b).abs().max();
+    }
   }
 }
 

@@ -9,7 +9,9 @@
 // 256, is OpenBLAS fp32 otherwise). LibTorch never picks Winograd, 1.6-1.7× faster than its
 // direct fp32 kernels on AVX-512. Each call here reorders its fp32 operands into the layouts
 // oneDNN chooses (bf16 or fp32), runs one primitive into fp32, and reorders back: fp32 in and out
-// (weights, gradients and everything else stay fp32).
+// (weights, gradients and everything else stay fp32). Activations may come and go in oneDNN's
+// channel-blocked layout instead (kernels.h), which the fp32 primitives use themselves: then
+// nothing is reordered between a convolution, its ReLU/pool/dropout tail and the next one.
 #include "noprop/kernels.h"
 
 #ifdef NOPROP_WITH_DNNL
@@ -108,6 +110,13 @@ memory plain(const torch::Tensor& t) {
   return memory({dims_of(t), dt::f32, layouts[t.dim()]}, engine(), t.data_ptr());
 }
 
+// A oneDNN memory over a contiguous fp32 tensor: blocked (kernels.h) as nChw16c, else plain.
+memory user_memory(const torch::Tensor& t) {
+  if (t.dim() != 5) return plain(t);
+  return memory({{t.size(0), t.size(1) * kChannelBlock, t.size(2), t.size(3)}, dt::f32, tag::nChw16c}, engine(),
+                t.data_ptr());
+}
+
 // `user` in layout `want`: itself when they agree, else a reordered copy.
 memory as(memory user, const memory::desc& want, dnnl::stream& s) {
   if (user.get_desc() == want) return user;
@@ -116,12 +125,15 @@ memory as(memory user, const memory::desc& want, dnnl::stream& s) {
   return m;
 }
 
-// Runs `prim` writing `out` (in `out_desc`'s layout) into a new fp32 tensor shaped like it.
+// Runs `prim` writing `out` (in `out_desc`'s layout) into a new fp32 tensor shaped like it,
+// plain or (4-D results) blocked.
 torch::Tensor run(const dnnl::primitive& prim, std::unordered_map<int, memory> args, int out_arg,
-                  const memory::desc& out_desc, dnnl::stream& s) {
+                  const memory::desc& out_desc, dnnl::stream& s, bool blocked) {
   const auto dims = out_desc.dims();
-  auto result = torch::empty(std::vector<int64_t>(dims.begin(), dims.end()));
-  memory user = plain(result);
+  std::vector<int64_t> sizes(dims.begin(), dims.end());
+  if (blocked) sizes = {sizes[0], sizes[1] / kChannelBlock, sizes[2], sizes[3], kChannelBlock};
+  auto result = torch::empty(sizes);
+  memory user = user_memory(result);
   const bool direct = out_desc == user.get_desc();
   memory out = direct ? user : memory(out_desc, engine());
   args[out_arg] = out;
@@ -131,22 +143,31 @@ torch::Tensor run(const dnnl::primitive& prim, std::unordered_map<int, memory> a
 }
 
 struct DnnlOp : torch::autograd::Function<DnnlOp> {
+  // x: plain or blocked (then so is its gradient); blocked_out: the result blocked.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& w_in,
-                               const torch::Tensor& b_in, int64_t op) {
+                               const torch::Tensor& b_in, int64_t op, bool blocked_out) {
     auto x = x_in.contiguous(), w = w_in.contiguous(), b = b_in.contiguous();
-    const auto& p = primitives(Op(op), x.sizes(), w.sizes());
+    memory user = user_memory(x);
+    const auto shape = user.get_desc().dims();
+    const auto& p = primitives(Op(op), shape, w.sizes());
     dnnl::stream s(engine());
-    // x in the primitive's layout, kept for the weights' gradient (in bf16, half of x's size).
-    auto x_in_layout = torch::empty({int64_t(p.fwd_pd.src_desc().get_size())}, torch::kUInt8);
-    memory src(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr()), user = plain(x);
-    dnnl::reorder(user, src).execute(s, user, src);
+    // x in the primitive's layout, kept for the weights' gradient (in bf16, half of x's size):
+    // x itself when it is in that layout already (blocked fp32).
+    auto x_in_layout = x;
+    if (user.get_desc() != p.fwd_pd.src_desc()) {
+      x_in_layout = torch::empty({int64_t(p.fwd_pd.src_desc().get_size())}, torch::kUInt8);
+      memory m(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr());
+      dnnl::reorder(user, m).execute(s, user, m);
+    }
+    memory src(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr());
     ctx->save_for_backward({x_in_layout, w});
-    ctx->saved_data["shape"] = x.sizes();
+    ctx->saved_data["shape"] = std::vector<int64_t>(shape.begin(), shape.end());
     ctx->saved_data["op"] = op;
+    ctx->saved_data["blocked_in"] = x.dim() == 5;
     auto y = run(
         p.fwd,
         {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, as(plain(w), p.fwd_pd.weights_desc(), s)}, {DNNL_ARG_BIAS, plain(b)}},
-        DNNL_ARG_DST, p.fwd_pd.dst_desc(), s);
+        DNNL_ARG_DST, p.fwd_pd.dst_desc(), s, blocked_out);
     s.wait();
     return y;
   }
@@ -158,14 +179,14 @@ struct DnnlOp : torch::autograd::Function<DnnlOp> {
     const auto& p = primitives(Op(ctx->saved_data["op"].toInt()), ctx->saved_data["shape"].toIntVector(), w.sizes());
     dnnl::stream s(engine());
     const auto gy_desc = p.bwd_weights_pd.diff_dst_desc();
-    memory gy_user = plain(gy), gy_in = as(gy_user, gy_desc, s);
+    memory gy_user = user_memory(gy), gy_in = as(gy_user, gy_desc, s);
     torch::Tensor gx;
     if (ctx->needs_input_grad(0)) {
       const auto& pd = p.bwd_data_pd;
       gx = run(p.bwd_data,
                {{DNNL_ARG_DIFF_DST, pd.diff_dst_desc() == gy_desc ? gy_in : as(gy_user, pd.diff_dst_desc(), s)},
                 {DNNL_ARG_WEIGHTS, as(plain(w), pd.weights_desc(), s)}},
-               DNNL_ARG_DIFF_SRC, pd.diff_src_desc(), s);
+               DNNL_ARG_DIFF_SRC, pd.diff_src_desc(), s, ctx->saved_data["blocked_in"].toBool());
     }
     auto gb = torch::empty({w.size(0)});
     auto gw = run(p.bwd_weights,
@@ -173,9 +194,9 @@ struct DnnlOp : torch::autograd::Function<DnnlOp> {
                     as(memory(p.fwd_pd.src_desc(), engine(), x_in_layout.data_ptr()), p.bwd_weights_pd.src_desc(), s)},
                    {DNNL_ARG_DIFF_DST, gy_in},
                    {DNNL_ARG_DIFF_BIAS, plain(gb)}},
-                  DNNL_ARG_DIFF_WEIGHTS, p.bwd_weights_pd.diff_weights_desc(), s);
+                  DNNL_ARG_DIFF_WEIGHTS, p.bwd_weights_pd.diff_weights_desc(), s, false);
     s.wait();
-    return {gx, gw, gb, torch::Tensor()};
+    return {gx, gw, gb, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -189,27 +210,29 @@ bool conv_bf16_fast() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::a
 // oneDNN 2.6's fp32 Winograd kernels (jit_wino_4x3) are AVX-512 ones.
 bool conv_winograd_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core; }
 
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path) {
-  if (path == ConvPath::torch || !cpu_float(x, w) || x.dim() != 4 || w.size(2) != 3 || w.size(3) != 3)
-    return torch::conv2d(x, w, b, 1, 1);
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path,
+                      bool blocked_out) {
+  if (path == ConvPath::torch || !cpu_float(x, w) || (x.dim() != 4 && !blocked(x)) || w.size(2) != 3 || w.size(3) != 3)
+    return torch::conv2d(to_plain(x), w, b, 1, 1);
+  blocked_out = blocked_out && w.size(0) % kChannelBlock == 0;
   // A 1- or 3-channel input has no AMX kernel worth having (bf16 made NoProp-DT seed steps
   // slower: 0.167-0.169 s against 0.157-0.163 s) nor a fast Winograd one (4 ms forward against
   // 0.3); in fp32 oneDNN's blocked direct kernel beat LibTorch's call into the same library,
   // whose backward pass took 3.2 ms here against 0.8 ms.
-  if (x.size(1) < 16) return DnnlOp::apply(x, w, b, int64_t(Op::conv3x3_fp32));
-  return DnnlOp::apply(x, w, b, int64_t(path == ConvPath::bf16 ? Op::conv3x3 : Op::conv3x3_winograd));
+  if (x.dim() == 4 && x.size(1) < 16) return DnnlOp::apply(x, w, b, int64_t(Op::conv3x3_fp32), blocked_out);
+  return DnnlOp::apply(x, w, b, int64_t(path == ConvPath::bf16 ? Op::conv3x3 : Op::conv3x3_winograd), blocked_out);
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path) {
   if (path != ConvPath::bf16 || !cpu_float(x, w) || x.dim() != 2 || !b.defined()) return torch::linear(x, w, b);
-  return DnnlOp::apply(x, w, b, int64_t(Op::linear));
+  return DnnlOp::apply(x, w, b, int64_t(Op::linear), false);
 }
 #else
 bool conv_bf16_supported() { return false; }
 bool conv_bf16_fast() { return false; }
 bool conv_winograd_supported() { return false; }
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath) {
-  return torch::conv2d(x, w, b, 1, 1);
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath, bool) {
+  return torch::conv2d(to_plain(x), w, b, 1, 1);
 }
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath) {
   return torch::linear(x, w, b);

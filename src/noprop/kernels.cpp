@@ -8,6 +8,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -48,49 +49,92 @@ uint32_t drop_threshold(double p) {
 float keep_scale(double p) { return p > 0 ? float(1.0 / (1.0 - p)) : 1.0f; }
 
 constexpr uint8_t kNoGradient = 4;  // pooling code: the output is zero (ReLU or dropout)
+constexpr int64_t kBlock = kChannelBlock;
+
+// One max-pool window (a b / c d, row-major) through ReLU and dropout: the output and the
+// argmax code (0-3) or kNoGradient. Branch-free (and compiled with -fno-trapping-math) so that
+// the loops around it vectorise. Ties go to the earlier element in row-major order, as in
+// max_pool2d. `index` is the output's flat index in N×C×H×W order, whatever the layout.
+__attribute__((always_inline)) inline void pool_one(float a, float b, float c, float d, uint32_t index, uint64_t seed,
+                                                    uint32_t threshold, float scale, float& out, uint8_t& code) {
+  const int top_right = b > a, bottom_right = d > c;
+  const float top = top_right ? b : a, bottom = bottom_right ? d : c;
+  const int lower = bottom > top;
+  const float best = lower ? bottom : top;
+  const int idx = lower ? bottom_right + 2 : top_right;
+  const int nan = (a != a) | (b != b) | (c != c) | (d != d);
+  const int live = (best > 0) & (hash(seed, index) >= threshold) & !nan;
+  // A NaN anywhere in the window comes out as NaN, even where dropout drops it: LibTorch
+  // propagates it through max_pool2d and multiplies it by the mask.
+  out = nan ? std::numeric_limits<float>::quiet_NaN() : (live ? best * scale : 0.0f);
+  code = uint8_t(live ? idx : kNoGradient);
+}
+
+__attribute__((always_inline)) inline void unpool_one(float g, uint8_t k, float scale, float& a, float& b, float& c,
+                                                      float& d) {
+  const float v = g * scale;
+  a = k == 0 ? v : 0.0f;
+  b = k == 1 ? v : 0.0f;
+  c = k == 2 ? v : 0.0f;
+  d = k == 3 ? v : 0.0f;
+}
 
 // One plane row of outputs: r0, r1 are the two input rows, `first` the flat output index of
 // column 0; code receives the argmax (0-3, row-major) or kNoGradient.
 NOPROP_CLONES void pool_row(const float* __restrict r0, const float* __restrict r1, float* __restrict out,
                             uint8_t* __restrict code, int64_t wo, uint32_t first, uint64_t seed, uint32_t threshold,
                             float scale) {
-  // Branch-free (and compiled with -fno-trapping-math) so that the compiler vectorises it.
-  // Ties go to the earlier element in row-major order, as in max_pool2d.
-  for (int64_t j = 0; j < wo; ++j) {
-    const float a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-    const int top_right = b > a, bottom_right = d > c;
-    const float top = top_right ? b : a, bottom = bottom_right ? d : c;
-    const int lower = bottom > top;
-    const float best = lower ? bottom : top;
-    const int idx = lower ? bottom_right + 2 : top_right;
-    const int nan = (a != a) | (b != b) | (c != c) | (d != d);
-    const int live = (best > 0) & (hash(seed, first + uint32_t(j)) >= threshold) & !nan;
-    // A NaN anywhere in the window comes out as NaN, even where dropout drops it: LibTorch
-    // propagates it through max_pool2d and multiplies it by the mask.
-    out[j] = nan ? std::numeric_limits<float>::quiet_NaN() : (live ? best * scale : 0.0f);
-    code[j] = live ? idx : kNoGradient;
-  }
+  for (int64_t j = 0; j < wo; ++j)
+    pool_one(r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1], first + uint32_t(j), seed, threshold, scale, out[j],
+             code[j]);
 }
 
 NOPROP_CLONES void unpool_row(const float* __restrict g, const uint8_t* __restrict code, float* __restrict r0,
                               float* __restrict r1, int64_t wo, float scale) {
-  for (int64_t j = 0; j < wo; ++j) {
-    const float v = g[j] * scale;
-    const uint8_t k = code[j];
-    r0[2 * j] = k == 0 ? v : 0.0f;
-    r0[2 * j + 1] = k == 1 ? v : 0.0f;
-    r1[2 * j] = k == 2 ? v : 0.0f;
-    r1[2 * j + 1] = k == 3 ? v : 0.0f;
-  }
+  for (int64_t j = 0; j < wo; ++j) unpool_one(g[j], code[j], scale, r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]);
+}
+
+// The same on channel-blocked rows (kBlock channels side by side per pixel): `first` is the
+// flat N×C×H×W index of column 0 of the row's first channel, `stride` that between channels,
+// so the masks are those of the plain layout.
+NOPROP_CLONES void pool_row_blocked(const float* __restrict r0, const float* __restrict r1, float* __restrict out,
+                                    uint8_t* __restrict code, int64_t wo, uint32_t first, uint32_t stride,
+                                    uint64_t seed, uint32_t threshold, float scale) {
+  for (int64_t j = 0; j < wo; ++j)
+    for (int64_t l = 0; l < kBlock; ++l) {
+      const int64_t a = 2 * j * kBlock + l, b = a + kBlock, o = j * kBlock + l;
+      pool_one(r0[a], r0[b], r1[a], r1[b], first + uint32_t(j) + uint32_t(l) * stride, seed, threshold, scale, out[o],
+               code[o]);
+    }
+}
+
+NOPROP_CLONES void unpool_row_blocked(const float* __restrict g, const uint8_t* __restrict code, float* __restrict r0,
+                                      float* __restrict r1, int64_t wo, float scale) {
+  for (int64_t j = 0; j < wo; ++j)
+    for (int64_t l = 0; l < kBlock; ++l) {
+      const int64_t a = 2 * j * kBlock + l, b = a + kBlock, o = j * kBlock + l;
+      unpool_one(g[o], code[o], scale, r0[a], r0[b], r1[a], r1[b]);
+    }
+}
+
+__attribute__((always_inline)) inline float relu_dropout_one(float v, uint32_t index, uint64_t seed, uint32_t threshold,
+                                                             float scale) {
+  const int live = (v > 0) & (hash(seed, index) >= threshold);
+  return live ? v * scale : (v != v ? v : 0.0f);
 }
 
 NOPROP_CLONES void relu_dropout_range(const float* x, float* out, int64_t begin, int64_t end, uint64_t seed,
                                       uint32_t threshold, float scale) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float v = x[i];
-    const int live = (v > 0) & (hash(seed, uint32_t(i)) >= threshold);
-    out[i] = live ? v * scale : (v != v ? v : 0.0f);
-  }
+  for (int64_t i = begin; i < end; ++i) out[i] = relu_dropout_one(x[i], uint32_t(i), seed, threshold, scale);
+}
+
+// One channel-blocked plane group (hw pixels × kBlock channels); `first`: the flat N×C×H×W
+// index of its first channel's first pixel.
+NOPROP_CLONES void relu_dropout_blocked(const float* __restrict x, float* __restrict out, int64_t hw, uint32_t first,
+                                        uint64_t seed, uint32_t threshold, float scale) {
+  for (int64_t s = 0; s < hw; ++s)
+    for (int64_t l = 0; l < kBlock; ++l)
+      out[s * kBlock + l] = relu_dropout_one(x[s * kBlock + l], first + uint32_t(s + l * hw), seed, threshold, scale);
 }
 
 NOPROP_CLONES void adamw_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
@@ -128,13 +172,45 @@ NOPROP_AVX512_FN inline __m512i mix32(__m512i h) {
   return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
 }
 
-// Keep decisions of lanes first .. first+15.
-NOPROP_AVX512_FN inline __mmask16 keep_mask16(uint32_t first, uint64_t seed, uint32_t threshold) {
-  const __m512i i = _mm512_add_epi32(_mm512_set1_epi32(int(first)),
-                                     _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+// Keep decisions of the 16 indices in i.
+NOPROP_AVX512_FN inline __mmask16 keep_mask(__m512i i, uint64_t seed, uint32_t threshold) {
   __m512i h = mix32(_mm512_xor_si512(i, _mm512_set1_epi32(int(uint32_t(seed)))));
   h = mix32(_mm512_add_epi32(h, _mm512_set1_epi32(int(uint32_t(seed >> 32)))));
   return _mm512_cmp_epu32_mask(h, _mm512_set1_epi32(int(threshold)), _MM_CMPINT_NLT);
+}
+
+NOPROP_AVX512_FN inline __m512i iota16() {
+  return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// 16 pooling windows (a b / c d, row-major) through ReLU and dropout (pool_one, vectorised):
+// the outputs, stored under m, and their codes.
+NOPROP_AVX512_FN inline void pool16(__m512 a, __m512 b, __m512 c, __m512 d, __mmask16 keep, float scale, __mmask16 m,
+                                    float* out, uint8_t* code) {
+  const __m512 zero = _mm512_setzero_ps(), nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2), three = _mm512_set1_epi32(3);
+  const __mmask16 top_right = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ), bottom_right = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
+  const __m512 top = _mm512_mask_blend_ps(top_right, a, b), bottom = _mm512_mask_blend_ps(bottom_right, c, d);
+  const __mmask16 lower = _mm512_cmp_ps_mask(bottom, top, _CMP_GT_OQ);
+  const __m512 best = _mm512_mask_blend_ps(lower, top, bottom);
+  const __m512i idx = _mm512_mask_blend_epi32(lower, _mm512_maskz_mov_epi32(top_right, one),
+                                              _mm512_mask_mov_epi32(two, bottom_right, three));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q) |
+                           _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
+  const __mmask16 live = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ) & keep & __mmask16(~is_nan);
+  const __m512 o = _mm512_mask_mov_ps(_mm512_maskz_mul_ps(live, best, _mm512_set1_ps(scale)), is_nan, nan);
+  _mm512_mask_storeu_ps(out, m, o);
+  _mm512_mask_cvtepi32_storeu_epi8(code, m, _mm512_mask_blend_epi32(live, _mm512_set1_epi32(kNoGradient), idx));
+}
+
+// The gradient g of 16 outputs routed by their codes: four vectors, one per window position.
+NOPROP_AVX512_FN inline std::array<__m512, 4> unpool16(__m512 g, __m128i code, float scale) {
+  const __m512i k = _mm512_cvtepu8_epi32(code);
+  const __m512 v = _mm512_mul_ps(g, _mm512_set1_ps(scale));
+  return {_mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(0)), v),
+          _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(1)), v),
+          _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(2)), v),
+          _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(3)), v)};
 }
 
 // Masks for 2n consecutive floats (n ≤ 16 outputs) split into two 16-float loads.
@@ -147,9 +223,6 @@ NOPROP_AVX512_FN void pool_row_avx512(const float* r0, const float* r1, float* o
                                       uint32_t first, uint64_t seed, uint32_t threshold, float scale) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 zero = _mm512_setzero_ps(), nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
-  const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2), three = _mm512_set1_epi32(3);
-  const __m512i none = _mm512_set1_epi32(kNoGradient);
   for (int64_t j = 0; j < wo; j += 16) {
     const int64_t n = std::min<int64_t>(16, wo - j);
     const __mmask16 m = __mmask16(n == 16 ? 0xFFFF : (1U << n) - 1);
@@ -158,20 +231,35 @@ NOPROP_AVX512_FN void pool_row_avx512(const float* r0, const float* r1, float* o
     const __m512 u0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * j), u1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * j + 16);
     const __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
     const __m512 c = _mm512_permutex2var_ps(u0, even, u1), d = _mm512_permutex2var_ps(u0, odd, u1);
-    const __mmask16 top_right = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ),
-                    bottom_right = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
-    const __m512 top = _mm512_mask_blend_ps(top_right, a, b), bottom = _mm512_mask_blend_ps(bottom_right, c, d);
-    const __mmask16 lower = _mm512_cmp_ps_mask(bottom, top, _CMP_GT_OQ);
-    const __m512 best = _mm512_mask_blend_ps(lower, top, bottom);
-    const __m512i idx = _mm512_mask_blend_epi32(lower, _mm512_maskz_mov_epi32(top_right, one),
-                                                _mm512_mask_mov_epi32(two, bottom_right, three));
-    const __mmask16 is_nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q) |
-                             _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q);
-    const __mmask16 live = _mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ) &
-                           keep_mask16(first + uint32_t(j), seed, threshold) & __mmask16(~is_nan);
-    const __m512 o = _mm512_mask_mov_ps(_mm512_maskz_mul_ps(live, best, _mm512_set1_ps(scale)), is_nan, nan);
-    _mm512_mask_storeu_ps(out + j, m, o);
-    _mm512_mask_cvtepi32_storeu_epi8(code + j, m, _mm512_mask_blend_epi32(live, none, idx));
+    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(int(first + uint32_t(j))), iota16());
+    pool16(a, b, c, d, keep_mask(index, seed, threshold), scale, m, out + j, code + j);
+  }
+}
+
+// Channel-blocked rows (pool_row_blocked): no shuffles, one window per channel lane.
+NOPROP_AVX512_FN void pool_row_blocked_avx512(const float* r0, const float* r1, float* out, uint8_t* code, int64_t wo,
+                                              uint32_t first, uint32_t stride, uint64_t seed, uint32_t threshold,
+                                              float scale) {
+  static_assert(kBlock == 16);
+  const __m512i lanes = _mm512_mullo_epi32(iota16(), _mm512_set1_epi32(int(stride)));
+  for (int64_t j = 0; j < wo; ++j) {
+    const float *p0 = r0 + 2 * j * kBlock, *p1 = r1 + 2 * j * kBlock;
+    const __m512i index = _mm512_add_epi32(_mm512_set1_epi32(int(first + uint32_t(j))), lanes);
+    pool16(_mm512_loadu_ps(p0), _mm512_loadu_ps(p0 + kBlock), _mm512_loadu_ps(p1), _mm512_loadu_ps(p1 + kBlock),
+           keep_mask(index, seed, threshold), scale, 0xFFFF, out + j * kBlock, code + j * kBlock);
+  }
+}
+
+NOPROP_AVX512_FN void unpool_row_blocked_avx512(const float* g, const uint8_t* code, float* r0, float* r1, int64_t wo,
+                                                float scale) {
+  for (int64_t j = 0; j < wo; ++j) {
+    const auto v = unpool16(_mm512_loadu_ps(g + j * kBlock),
+                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + j * kBlock)), scale);
+    float *p0 = r0 + 2 * j * kBlock, *p1 = r1 + 2 * j * kBlock;
+    _mm512_storeu_ps(p0, v[0]);
+    _mm512_storeu_ps(p0 + kBlock, v[1]);
+    _mm512_storeu_ps(p1, v[2]);
+    _mm512_storeu_ps(p1 + kBlock, v[3]);
   }
 }
 
@@ -185,12 +273,8 @@ NOPROP_AVX512_FN void unpool_row_avx512(const float* g, const uint8_t* code, flo
     const auto [lo, hi] = pair_masks(n);
     alignas(16) uint8_t bytes[16] = {};
     std::memcpy(bytes, code + j, size_t(n));
-    const __m512i k = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes)));
-    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + j), _mm512_set1_ps(scale));
-    const __m512 e0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(0)), v);
-    const __m512 o0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(1)), v);
-    const __m512 e1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(2)), v);
-    const __m512 o1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(3)), v);
+    const auto [e0, o0, e1, o1] =
+        unpool16(_mm512_maskz_loadu_ps(m, g + j), _mm_load_si128(reinterpret_cast<const __m128i*>(bytes)), scale);
     _mm512_mask_storeu_ps(r0 + 2 * j, lo, _mm512_permutex2var_ps(e0, lo_idx, o0));
     _mm512_mask_storeu_ps(r0 + 2 * j + 16, hi, _mm512_permutex2var_ps(e0, hi_idx, o0));
     _mm512_mask_storeu_ps(r1 + 2 * j, lo, _mm512_permutex2var_ps(e1, lo_idx, o1));
@@ -224,17 +308,49 @@ void unpool_row_best(const float* g, const uint8_t* code, float* r0, float* r1, 
   unpool_row(g, code, r0, r1, wo, scale);
 }
 
-// Forward of relu_pool_dropout on a contiguous x: the output and the argmax codes.
+void pool_row_blocked_best(const float* r0, const float* r1, float* out, uint8_t* code, int64_t wo, uint32_t first,
+                           uint32_t stride, uint64_t seed, uint32_t threshold, float scale) {
+#ifdef NOPROP_AVX512
+  if (g_avx512.load(std::memory_order_relaxed))
+    return pool_row_blocked_avx512(r0, r1, out, code, wo, first, stride, seed, threshold, scale);
+#endif
+  pool_row_blocked(r0, r1, out, code, wo, first, stride, seed, threshold, scale);
+}
+
+void unpool_row_blocked_best(const float* g, const uint8_t* code, float* r0, float* r1, int64_t wo, float scale) {
+#ifdef NOPROP_AVX512
+  if (g_avx512.load(std::memory_order_relaxed)) return unpool_row_blocked_avx512(g, code, r0, r1, wo, scale);
+#endif
+  unpool_row_blocked(g, code, r0, r1, wo, scale);
+}
+
+// Forward of relu_pool_dropout on a contiguous x (N×C×H×W, or channel-blocked): the output
+// and the argmax codes, in x's layout.
 std::pair<torch::Tensor, torch::Tensor> pool_forward(const torch::Tensor& x, double p, uint64_t seed) {
+  const bool blocked = x.dim() == 5;
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), ho = h / 2, wo = w / 2;
   TORCH_CHECK(h % 2 == 0 && w % 2 == 0, "relu_pool_dropout needs even height and width, got ", h, "×", w);
-  auto out = torch::empty({n, c, ho, wo}, x.options());
-  auto code = torch::empty({n, c, ho, wo}, x.options().dtype(torch::kUInt8));
+  auto sizes = x.sizes().vec();
+  sizes[2] = ho, sizes[3] = wo;
+  auto out = torch::empty(sizes, x.options());
+  auto code = torch::empty(sizes, x.options().dtype(torch::kUInt8));
   const float* in = x.data_ptr<float>();
   float* o = out.data_ptr<float>();
   uint8_t* k = code.data_ptr<uint8_t>();
   const uint32_t threshold = drop_threshold(p);
   const float scale = keep_scale(p);
+  if (blocked) {  // planes of kBlock channels: c counts blocks
+    at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane)
+        for (int64_t i = 0; i < ho; ++i) {
+          const int64_t at = (plane * ho + i) * wo * kBlock;
+          const float* r0 = in + (plane * h + 2 * i) * w * kBlock;
+          pool_row_blocked_best(r0, r0 + w * kBlock, o + at, k + at, wo, uint32_t((plane * kBlock * ho + i) * wo),
+                                uint32_t(ho * wo), seed, threshold, scale);
+        }
+    });
+    return {out, code};
+  }
   at::parallel_for(0, n * c, 8, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane)
       for (int64_t i = 0; i < ho; ++i) {
@@ -252,6 +368,14 @@ torch::Tensor relu_dropout_forward(const torch::Tensor& x, double p, uint64_t se
   float* o = out.data_ptr<float>();
   const uint32_t threshold = drop_threshold(p);
   const float scale = keep_scale(p);
+  if (x.dim() == 5) {  // channel-blocked: one group of kBlock planes at a time
+    const int64_t hw = x.size(2) * x.size(3), group = hw * kBlock;
+    at::parallel_for(0, x.size(0) * x.size(1), 1, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g)
+        relu_dropout_blocked(in + g * group, o + g * group, hw, uint32_t(g * group), seed, threshold, scale);
+    });
+    return out;
+  }
   at::parallel_for(0, x.numel(), 1 << 15,
                    [&](int64_t b, int64_t e) { relu_dropout_range(in, o, b, e, seed, threshold, scale); });
   return out;
@@ -271,17 +395,23 @@ struct ReluPoolDropout : torch::autograd::Function<ReluPoolDropout> {
     const auto code = ctx->get_saved_variables()[0];
     const auto g = grads[0].contiguous();
     const int64_t n = code.size(0), c = code.size(1), ho = code.size(2), wo = code.size(3), w = 2 * wo;
-    auto gx = torch::empty({n, c, 2 * ho, w}, g.options());
+    auto sizes = code.sizes().vec();
+    sizes[2] = 2 * ho, sizes[3] = w;
+    auto gx = torch::empty(sizes, g.options());
     const float scale = keep_scale(ctx->saved_data["p"].toDouble());
     const float* gp = g.data_ptr<float>();
     const uint8_t* k = code.data_ptr<uint8_t>();
     float* out = gx.data_ptr<float>();
-    at::parallel_for(0, n * c, 8, [&](int64_t begin, int64_t end) {
+    const int64_t lanes = code.dim() == 5 ? kBlock : 1;  // channel-blocked: kBlock floats per pixel
+    at::parallel_for(0, n * c, lanes == 1 ? 8 : 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane)
         for (int64_t i = 0; i < ho; ++i) {
-          const int64_t at = (plane * ho + i) * wo;
-          float* r0 = out + (plane * 2 * ho + 2 * i) * w;
-          unpool_row_best(gp + at, k + at, r0, r0 + w, wo, scale);
+          const int64_t at = (plane * ho + i) * wo * lanes;
+          float* r0 = out + (plane * 2 * ho + 2 * i) * w * lanes;
+          if (lanes == 1)
+            unpool_row_best(gp + at, k + at, r0, r0 + w, wo, scale);
+          else
+            unpool_row_blocked_best(gp + at, k + at, r0, r0 + w * lanes, wo, scale);
         }
     });
     return {gx, torch::Tensor(), torch::Tensor()};
@@ -337,24 +467,39 @@ bool supported(const torch::Tensor& x) {
          x.numel() < (int64_t(1) << 32);
 }
 
+bool blocked(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 5 && x.size(4) == kBlock &&
+         x.layout() == torch::kStrided && x.numel() < (int64_t(1) << 32);
+}
+
+torch::Tensor to_blocked(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) % kBlock == 0, "to_blocked needs N×C×H×W with C a multiple of ", kBlock);
+  return x.view({x.size(0), x.size(1) / kBlock, kBlock, x.size(2), x.size(3)}).permute({0, 1, 3, 4, 2}).contiguous();
+}
+
+torch::Tensor to_plain(const torch::Tensor& x) {
+  if (x.dim() != 5) return x;
+  return x.permute({0, 1, 4, 2, 3}).reshape({x.size(0), x.size(1) * kBlock, x.size(2), x.size(3)});
+}
+
 torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p, uint64_t seed) {
-  if (!supported(x)) return torch::dropout(torch::max_pool2d(torch::relu(x), 2), p, p > 0);
+  if (!supported(x) && !blocked(x)) return torch::dropout(torch::max_pool2d(torch::relu(x), 2), p, p > 0);
   if (!needs_grad(x)) return pool_forward(x.contiguous(), p, seed).first;
   return ReluPoolDropout::apply(x, p, int64_t(seed));
 }
 
 torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p) {
-  return relu_pool_dropout(x, p, p > 0 && supported(x) ? draw_seed() : 0);
+  return relu_pool_dropout(x, p, p > 0 && (supported(x) || blocked(x)) ? draw_seed() : 0);
 }
 
 torch::Tensor relu_dropout(const torch::Tensor& x, double p, uint64_t seed) {
-  if (!supported(x)) return torch::dropout(torch::relu(x), p, p > 0);
+  if (!supported(x) && !blocked(x)) return torch::dropout(torch::relu(x), p, p > 0);
   if (!needs_grad(x)) return relu_dropout_forward(x.contiguous(), p, seed);
   return ReluDropout::apply(x, p, int64_t(seed));
 }
 
 torch::Tensor relu_dropout(const torch::Tensor& x, double p) {
-  return relu_dropout(x, p, p > 0 && supported(x) ? draw_seed() : 0);
+  return relu_dropout(x, p, p > 0 && (supported(x) || blocked(x)) ? draw_seed() : 0);
 }
 
 bool adamw_supported(const torch::Tensor& t) {

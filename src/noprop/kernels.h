@@ -20,13 +20,24 @@ namespace noprop::kernels {
 // Whether the fused kernels handle x: a 4-D float32 CPU tensor.
 bool supported(const torch::Tensor& x);
 
-// dropout(max_pool2d(relu(x), 2), p) for N×C×H×W x with even H and W. The mask comes from
+// Channel-blocked activations: oneDNN's nChw16c layout, an N×C×H×W tensor stored as
+// N×(C/16)×H×W×16 (16 channels side by side per pixel). The convolutions below can hand their
+// output over in it and take it back, and the two kernels below run on it, so that the image
+// path's convolutions and their ReLU/pool/dropout tails pass activations without reordering
+// them (the reorders were ~15 % of a NoProp-DT step). A 5-D float32 CPU tensor whose last size
+// is 16 is taken to be blocked; dropout masks are those of the plain layout.
+constexpr int64_t kChannelBlock = 16;
+bool blocked(const torch::Tensor& x);
+torch::Tensor to_blocked(const torch::Tensor& x);  // N×C×H×W (C a multiple of 16) → blocked
+torch::Tensor to_plain(const torch::Tensor& x);    // blocked → N×C×H×W (autograd-aware); else x
+
+// dropout(max_pool2d(relu(x), 2), p) for N×C×H×W x with even H and W (or blocked x: blocked out). The mask comes from
 // `seed`; the overloads without one draw it from LibTorch's default CPU generator (so
 // torch::manual_seed makes runs repeatable). p = 0 (or evaluation) means no dropout.
 torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p, uint64_t seed);
 torch::Tensor relu_pool_dropout(const torch::Tensor& x, double p);
 
-// dropout(relu(x), p), any shape.
+// dropout(relu(x), p), any shape (blocked x: blocked out).
 torch::Tensor relu_dropout(const torch::Tensor& x, double p, uint64_t seed);
 torch::Tensor relu_dropout(const torch::Tensor& x, double p);
 
@@ -65,8 +76,11 @@ enum class ConvPath { torch, bf16, winograd };
 // through oneDNN directly (conv_dnnl.cpp): bf16 operands and fp32 results, or fp32 Winograd
 // F(4×4, 3×3) (the direct kernel where oneDNN has no Winograd one); inputs of under 16 channels
 // (the first convolution) take oneDNN's direct fp32 kernel on both. With torch, without oneDNN
-// in the build, or for anything but CPU float32: LibTorch's conv2d.
-torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path);
+// in the build, or for anything but CPU float32: LibTorch's conv2d. Through oneDNN, x may be
+// blocked, and with blocked_out (and 16·k output channels) so is the result; LibTorch's
+// conv2d takes and gives N×C×H×W only.
+torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path,
+                      bool blocked_out = false);
 // linear(x, w, b) for N×C x: bf16 operands, fp32 results (bf16), else LibTorch's.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path);
 // Whether conv3x3 can run in bf16 here (oneDNN in the build, a CPU with AVX512-BF16 or AMX), and

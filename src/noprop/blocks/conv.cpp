@@ -66,30 +66,36 @@ torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, co
   const nn::DropoutImpl* dropout = nullptr;
   const nn::Conv2dImpl* conv = nullptr;
   const nn::LinearImpl* linear = nullptr;
+  auto pool_tail = [&](size_t i) {  // ReLU → max-pool 2×2 → dropout at i
+    return is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
+           *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&
+           *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.stride() == *torch::ExpandingArray<2>(2);
+  };
+  auto dropout_tail = [&](size_t i) { return is(i, relu) && is(i + 1, dropout); };
+  // Activations stay channel-blocked from a convolution through its fused tail into the next
+  // convolution (kernels.h); anything else gets them plain.
   torch::Tensor h = x;
   for (size_t i = 0; i < n;) {
     if (is(i, conv)) {  // every convolution here is conv3x3: 3×3, stride 1, padding 1
       const auto& c = *path->ptr<nn::Conv2dImpl>(i);
-      h = kernels::conv3x3(h, c.weight, c.bias, opt.conv);
+      h = kernels::conv3x3(h, c.weight, c.bias, opt.conv, pool_tail(i + 1) || dropout_tail(i + 1));
       ++i;
-    } else if (is(i, linear)) {  // the flattened features → 256, the path's largest matrix product
-      const auto& l = *path->ptr<nn::LinearImpl>(i);
-      h = kernels::linear(h, l.weight, l.bias, opt.conv);
-      ++i;
-    } else if (is(i, relu) && is(i + 1, pool) && is(i + 2, dropout) &&
-               *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.kernel_size() == *torch::ExpandingArray<2>(2) &&
-               *path->ptr<nn::MaxPool2dImpl>(i + 1)->options.stride() == *torch::ExpandingArray<2>(2)) {
+    } else if (pool_tail(i)) {
       h = kernels::relu_pool_dropout(h, dropout_p(i + 2));
       i += 3;
-    } else if (is(i, relu) && is(i + 1, dropout)) {
+    } else if (dropout_tail(i)) {
       h = kernels::relu_dropout(h, dropout_p(i + 1));
       i += 2;
+    } else if (is(i, linear)) {  // the flattened features → 256, the path's largest matrix product
+      const auto& l = *path->ptr<nn::LinearImpl>(i);
+      h = kernels::linear(kernels::to_plain(h), l.weight, l.bias, opt.conv);
+      ++i;
     } else {
-      h = (path->begin() + i)->forward(h);
+      h = (path->begin() + i)->forward(kernels::to_plain(h));
       ++i;
     }
   }
-  return h;
+  return kernels::to_plain(h);
 }
 
 DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
