@@ -42,7 +42,7 @@ fi
 
 # The same process set-up for both: OpenBLAS kernels and glibc malloc thresholds (noprop sets
 # the latter itself, see runtime.h), one intra-op thread pool of the same size.
-export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}" OMP_NUM_THREADS="$threads"
+export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-$(bench/openblas-coretype.sh)}" OMP_NUM_THREADS="$threads"
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 common=(--steps "$steps" --warmup "$warmup")
 log="$(mktemp)"; trap 'rm -f "$log"' EXIT

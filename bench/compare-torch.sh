@@ -63,7 +63,7 @@ for r in $(seq "$rounds"); do
     for d in "$data" "$data/mnist"; do ls "$d"/train-images-idx3-ubyte* >/dev/null 2>&1 && { mnist="$d"; break; }; done
     for py in /usr/bin/python3 .venv-torch211/bin/python; do
       echo "round $r/$rounds: seed step on $py" >&2
-      MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 OPENBLAS_CORETYPE=Haswell \
+      MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 OPENBLAS_CORETYPE="$(bench/openblas-coretype.sh)" \
         "$py" bench/seed_step.py "$seed" "$mnist" --threads "$threads" --steps "$steps" --warmup 2 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); j["label"]="seed reproduction dt seed fp32"; print(json.dumps(j))' |
         tee -a "$log" || echo "compare-torch.sh: the seed's step on $py failed" >&2

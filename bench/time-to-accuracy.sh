@@ -72,7 +72,7 @@ run_seed() {  # $1: seed | seed-best
       -e "s#^early_stopping_accuracy:.*#early_stopping_accuracy: $top#" \
       "$seed/experiment_configs/mnistdiffusion.yaml" > "$cfg"
   local env=(OMP_NUM_THREADS="$threads")
-  [ "$name" = seed-best ] && env+=(OPENBLAS_CORETYPE=Haswell MALLOC_MMAP_THRESHOLD_=33554432
+  [ "$name" = seed-best ] && env+=(OPENBLAS_CORETYPE="$(bench/openblas-coretype.sh)" MALLOC_MMAP_THRESHOLD_=33554432
                                    MALLOC_TRIM_THRESHOLD_=17179869184)
   t0="$(date +%s.%N)"
   (cd "$seed" && env "${env[@]}" "$py" -u train_mnist.py --config "$cfg" 2>&1) | stamp "$t0" > "$log"

@@ -8,7 +8,6 @@
 #endif
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -204,7 +203,10 @@ NOPROP_AVX512_FN inline void pool16(__m512 a, __m512 b, __m512 c, __m512 d, __mm
 }
 
 // The gradient g of 16 outputs routed by their codes: four vectors, one per window position.
-NOPROP_AVX512_FN inline std::array<__m512, 4> unpool16(__m512 g, __m128i code, float scale) {
+struct Windows16 {
+  __m512 a, b, c, d;
+};
+NOPROP_AVX512_FN inline Windows16 unpool16(__m512 g, __m128i code, float scale) {
   const __m512i k = _mm512_cvtepu8_epi32(code);
   const __m512 v = _mm512_mul_ps(g, _mm512_set1_ps(scale));
   return {_mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(0)), v),
@@ -256,10 +258,10 @@ NOPROP_AVX512_FN void unpool_row_blocked_avx512(const float* g, const uint8_t* c
     const auto v = unpool16(_mm512_loadu_ps(g + j * kBlock),
                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + j * kBlock)), scale);
     float *p0 = r0 + 2 * j * kBlock, *p1 = r1 + 2 * j * kBlock;
-    _mm512_storeu_ps(p0, v[0]);
-    _mm512_storeu_ps(p0 + kBlock, v[1]);
-    _mm512_storeu_ps(p1, v[2]);
-    _mm512_storeu_ps(p1 + kBlock, v[3]);
+    _mm512_storeu_ps(p0, v.a);
+    _mm512_storeu_ps(p0 + kBlock, v.b);
+    _mm512_storeu_ps(p1, v.c);
+    _mm512_storeu_ps(p1 + kBlock, v.d);
   }
 }
 

@@ -17,8 +17,9 @@ namespace noprop {
 // Call first thing in main(). Two start-up fixes, both measured on the 2-core reference machine:
 // - OpenBLAS picks its generic "Prescott" kernels on CPUs it does not recognise (~40 GFLOP/s
 //   sgemm against ~135 with Haswell kernels). It reads OPENBLAS_CORETYPE only when the
-//   library loads, so when the variable is unset and the CPU has AVX2 and FMA, the program
-//   sets it to Haswell and re-executes itself once. A value already set is left alone.
+//   library loads, so when the variable is unset the program sets it to the kernels the CPU
+//   can run (SkylakeX with AVX-512 F/BW/DQ/VL, else Haswell with AVX2 and FMA) and
+//   re-executes itself once. A value already set is left alone.
 // - glibc malloc's dynamic mmap threshold makes the large activation buffers page-fault on
 //   every allocation depending on allocation history alone (2-3× slower steps): pinned here.
 void init_process(int argc, char** argv);
