@@ -329,7 +329,6 @@ void unpool_row_blocked_best(const float* g, const uint8_t* code, float* r0, flo
 // Forward of relu_pool_dropout on a contiguous x (N×C×H×W, or channel-blocked): the output
 // and the argmax codes, in x's layout.
 std::pair<torch::Tensor, torch::Tensor> pool_forward(const torch::Tensor& x, double p, uint64_t seed) {
-  const bool blocked = x.dim() == 5;
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), ho = h / 2, wo = w / 2;
   TORCH_CHECK(h % 2 == 0 && w % 2 == 0, "relu_pool_dropout needs even height and width, got ", h, "×", w);
   auto sizes = x.sizes().vec();
@@ -341,24 +340,17 @@ std::pair<torch::Tensor, torch::Tensor> pool_forward(const torch::Tensor& x, dou
   uint8_t* k = code.data_ptr<uint8_t>();
   const uint32_t threshold = drop_threshold(p);
   const float scale = keep_scale(p);
-  if (blocked) {  // planes of kBlock channels: c counts blocks
-    at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane)
-        for (int64_t i = 0; i < ho; ++i) {
-          const int64_t at = (plane * ho + i) * wo * kBlock;
-          const float* r0 = in + (plane * h + 2 * i) * w * kBlock;
-          pool_row_blocked_best(r0, r0 + w * kBlock, o + at, k + at, wo, uint32_t((plane * kBlock * ho + i) * wo),
-                                uint32_t(ho * wo), seed, threshold, scale);
-        }
-    });
-    return {out, code};
-  }
-  at::parallel_for(0, n * c, 8, [&](int64_t begin, int64_t end) {
+  const int64_t lanes = x.dim() == 5 ? kBlock : 1;  // channel-blocked: c counts blocks of kBlock planes
+  at::parallel_for(0, n * c, lanes == 1 ? 8 : 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane)
       for (int64_t i = 0; i < ho; ++i) {
-        const int64_t at = (plane * ho + i) * wo;
-        const float* r0 = in + (plane * h + 2 * i) * w;
-        pool_row_best(r0, r0 + w, o + at, k + at, wo, uint32_t(at), seed, threshold, scale);
+        const int64_t at = (plane * ho + i) * wo * lanes;
+        const float* r0 = in + (plane * h + 2 * i) * w * lanes;
+        if (lanes == 1)
+          pool_row_best(r0, r0 + w, o + at, k + at, wo, uint32_t(at), seed, threshold, scale);
+        else  // the row's first channel's flat N×C×H×W index, and the step between channels
+          pool_row_blocked_best(r0, r0 + w * lanes, o + at, k + at, wo, uint32_t((plane * lanes * ho + i) * wo),
+                                uint32_t(ho * wo), seed, threshold, scale);
       }
   });
   return {out, code};
@@ -464,15 +456,17 @@ bool set_vector_kernels(bool on) {
   return g_avx512.exchange(on);
 }
 
-bool supported(const torch::Tensor& x) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 4 && x.layout() == torch::kStrided &&
+namespace {
+// A strided float32 CPU tensor of under 2³² elements (the masks' indices are 32-bit).
+bool cpu_float32(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.layout() == torch::kStrided &&
          x.numel() < (int64_t(1) << 32);
 }
+}  // namespace
 
-bool blocked(const torch::Tensor& x) {
-  return x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 5 && x.size(4) == kBlock &&
-         x.layout() == torch::kStrided && x.numel() < (int64_t(1) << 32);
-}
+bool supported(const torch::Tensor& x) { return x.dim() == 4 && cpu_float32(x); }
+
+bool blocked(const torch::Tensor& x) { return x.dim() == 5 && x.size(4) == kBlock && cpu_float32(x); }
 
 torch::Tensor to_blocked(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) % kBlock == 0, "to_blocked needs N×C×H×W with C a multiple of ", kBlock);
