@@ -243,13 +243,18 @@ TEST(ParallelLoops, RunOnSeveralThreads) {
 
 // The fused AdamW step against LibTorch's AdamW: the same trajectory over several steps, and
 // optimizer state that LibTorch's AdamW can load and continue from.
-TEST(FusedAdamW, FollowsLibTorchsAdamW) {
+// Both rows, as the kernels': the AVX-512 one and the portable one (3 elements: masked tail).
+class FusedAdamW : public Kernels {};
+INSTANTIATE_TEST_SUITE_P(Paths, FusedAdamW, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "vector" : "portable"; });
+
+TEST_P(FusedAdamW, FollowsLibTorchsAdamW) {
   Config fused_cfg, torch_cfg;
   fused_cfg.weight_decay = torch_cfg.weight_decay = 0.05;
   fused_cfg.learning_rate = torch_cfg.learning_rate = 0.01;
   torch_cfg.kernels = "torch";
   torch::manual_seed(12);
-  std::vector<torch::Tensor> a{torch::randn({37, 5}), torch::randn({1000})}, b;
+  std::vector<torch::Tensor> a{torch::randn({37, 5}), torch::randn({1000}), torch::randn({3})}, b;
   for (auto& t : a) b.push_back(t.clone());
   for (auto& t : a) t.requires_grad_(true);
   for (auto& t : b) t.requires_grad_(true);

@@ -212,6 +212,7 @@ bool conv_winograd_supported() { return dnnl::get_effective_cpu_isa() >= dnnl::c
 
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path,
                       bool blocked_out) {
+  NOPROP_RECORD("noprop::conv3x3");
   if (path == ConvPath::torch || !cpu_float(x, w) || (x.dim() != 4 && !blocked(x)) || w.size(2) != 3 || w.size(3) != 3)
     return torch::conv2d(to_plain(x), w, b, 1, 1);
   blocked_out = blocked_out && w.size(0) % kChannelBlock == 0;
@@ -224,6 +225,7 @@ torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torc
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path) {
+  NOPROP_RECORD("noprop::linear");
   if (path != ConvPath::bf16 || !cpu_float(x, w) || x.dim() != 2 || !b.defined()) return torch::linear(x, w, b);
   return DnnlOp::apply(x, w, b, int64_t(Op::linear), false);
 }

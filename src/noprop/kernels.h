@@ -11,9 +11,15 @@
 // float32 tensors; anything else (CUDA, bf16) goes to the LibTorch ops unchanged.
 #pragma once
 
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <cstdint>
+
+// A named range in LibTorch's operator profiler (`noprop_bench --profile`): these kernels are
+// not LibTorch operators, and their forward passes would otherwise show only as gaps in the
+// trace. Near free when no profiler runs.
+#define NOPROP_RECORD(name) RECORD_FUNCTION(name, c10::ArrayRef<const c10::IValue>())
 
 namespace noprop::kernels {
 
