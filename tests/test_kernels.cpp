@@ -362,6 +362,43 @@ TEST(Conv3x3, WinogradMatchesAnFp64Op) {
   }
 }
 
+// Linear layers on the winograd path (fp32 through oneDNN's sgemm) against an fp64 op: the
+// result and every gradient, for an input that needs none, one stored transposed and one row.
+TEST(Linear, Fp32ThroughOneDnnMatchesAnFp64Op) {
+  if (!kernels::conv_winograd_supported()) GTEST_SKIP() << "no AVX-512 on this CPU, or no oneDNN in this build";
+  torch::manual_seed(23);
+  for (const auto& [batch, in, out] : std::vector<std::array<int64_t, 3>>{{128, 3136, 256}, {7, 10, 3}, {1, 33, 17}})
+    for (bool input_grad : {true, false}) {
+      SCOPED_TRACE(std::to_string(batch) + "x" + std::to_string(in) + " → " + std::to_string(out) +
+                   (input_grad ? "" : ", no input gradient"));
+      auto x = torch::randn({in, batch}).t().requires_grad_(input_grad);  // not contiguous
+      auto w = (torch::randn({out, in}) * 0.1).requires_grad_();
+      auto b = torch::randn({out}).requires_grad_();
+      const auto b_before = b.detach().clone();
+      auto y = kernels::linear(x, w, b, kernels::ConvPath::winograd);
+      EXPECT_TRUE(torch::equal(b, b_before));  // the bias is copied into the result, never written
+      EXPECT_NE(y.grad_fn()->name().find("SgemmLinear"), std::string::npos) << y.grad_fn()->name();
+      auto gy = torch::randn(y.sizes());
+      y.backward(gy);
+      auto as_double = [](const torch::Tensor& t, bool grad) {
+        return t.detach().to(torch::kDouble).requires_grad_(grad);
+      };
+      auto xr = as_double(x, input_grad), wr = as_double(w, true), br = as_double(b, true);
+      auto yr = torch::linear(xr, wr, br);
+      yr.backward(gy.to(torch::kDouble));
+      auto close = [](const torch::Tensor& a, const torch::Tensor& ref) {
+        return (a.to(torch::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+      };
+      EXPECT_LT(close(y, yr), 1e-5);
+      EXPECT_EQ(x.grad().defined(), input_grad);
+      if (input_grad) {
+        EXPECT_LT(close(x.grad(), xr.grad()), 1e-5);
+      }
+      EXPECT_LT(close(w.grad(), wr.grad()), 1e-5);
+      EXPECT_LT(close(b.grad(), br.grad()), 1e-5);
+    }
+}
+
 // Channel-blocked inputs and outputs (kernels.h) through oneDNN: the plain layout's results
 // (the plain path reorders into the same blocked layout, so they agree to the last bit), and
 // LibTorch's convolution takes them back plain.
@@ -406,11 +443,10 @@ TEST(Conv3x3, OtherwiseLibTorchsConvolution) {
   for (auto path : {ConvPath::bf16, ConvPath::winograd})
     EXPECT_TRUE(torch::equal(kernels::conv3x3(xd, wd, bd, path), torch::conv2d(xd, wd, bd, 1, 1)));
   auto v = torch::randn({3, 20}), m = torch::randn({8, 20});
-  // The linear layer has no Winograd form: LibTorch's, as with torch.
-  for (auto path : {ConvPath::torch, ConvPath::winograd})
-    EXPECT_TRUE(torch::equal(kernels::linear(v, m, b, path), torch::linear(v, m, b)));
-  EXPECT_TRUE(torch::equal(kernels::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd, ConvPath::bf16),
-                           torch::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd)));
+  EXPECT_TRUE(torch::equal(kernels::linear(v, m, b, ConvPath::torch), torch::linear(v, m, b)));
+  for (auto path : {ConvPath::bf16, ConvPath::winograd})
+    EXPECT_TRUE(torch::equal(kernels::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd, path),
+                             torch::linear(v.to(torch::kDouble), m.to(torch::kDouble), bd)));
 }
 
 // The bf16 and Winograd paths inside a block train like LibTorch's fp32 one: same loss after a

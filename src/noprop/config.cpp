@@ -180,7 +180,8 @@ const std::vector<Key>& keys() {
            "CPU: fused ReLU-pool-dropout kernels, or LibTorch's separate ops (the reference)"),
       text("conv_precision", &Config::conv_precision, {"auto", "fp32", "bf16", "winograd"},
            "CPU, kernels: fused: the image path's convolutions and first linear layer in bf16, fp32, or fp32 "
-           "Winograd (auto: bf16 with AMX, else Winograd with AVX-512)"),
+           "Winograd (auto: bf16 with AMX, else Winograd with AVX-512); but with fp32, the other linear "
+           "layers through oneDNN (fp32)"),
       number("concurrent_blocks", &Config::concurrent_blocks, 0, 4096,
              "only 1 (blocks one after another); --workers N trains NoProp-DT blocks in parallel"),
       text("parallel", &Config::parallel, {"block", "data"},

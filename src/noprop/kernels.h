@@ -87,7 +87,9 @@ enum class ConvPath { torch, bf16, winograd };
 // conv2d takes and gives N×C×H×W only.
 torch::Tensor conv3x3(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path,
                       bool blocked_out = false);
-// linear(x, w, b) for N×C x: bf16 operands, fp32 results (bf16), else LibTorch's.
+// linear(x, w, b) for N×C x, autograd-aware, through oneDNN where it is in the build and x
+// is CPU float32: bf16 operands and fp32 results (bf16), or fp32 through oneDNN's sgemm
+// (winograd; 1.3-1.9× OpenBLAS on these shapes); else (torch) LibTorch's.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, ConvPath path);
 // Whether conv3x3 can run in bf16 here (oneDNN in the build, a CPU with AVX512-BF16 or AMX), and
 // whether it pays: with AMX, 1.3-1.9× faster NoProp-DT steps; with AVX512-BF16 alone, slower than

@@ -32,7 +32,8 @@ struct BlockOptions {
   // ops, the reference.
   bool fused_kernels = true;
   // With fused_kernels: how the image path's convolutions and its flattened-features layer run
-  // (LibTorch's ops, bf16 operands or fp32 Winograd through oneDNN; kernels::conv3x3, kernels::linear).
+  // (LibTorch's ops, bf16 operands or fp32 Winograd through oneDNN; kernels::conv3x3, kernels::linear);
+  // the other linear layers run in fp32, through oneDNN unless this says torch.
   kernels::ConvPath conv = kernels::ConvPath::torch;
 };
 

@@ -18,6 +18,13 @@ nn::Conv2d conv3x3(int in, int out) { return nn::Conv2d(nn::Conv2dOptions(in, ou
 nn::MaxPool2d pool2() { return nn::MaxPool2d(nn::MaxPool2dOptions(2)); }
 
 int conv_out_channels(const BlockOptions& opt) { return opt.architecture == "seed" ? 64 : 128; }
+
+// The options of the label paths and the fused head: their linear layers stay fp32 whatever the
+// convolutions' precision, through oneDNN where the convolutions go through it (kernels::linear).
+BlockOptions fp32_options(BlockOptions opt) {
+  if (opt.conv == kernels::ConvPath::bf16) opt.conv = kernels::ConvPath::winograd;
+  return opt;
+}
 }  // namespace
 
 nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm) {
@@ -50,7 +57,7 @@ nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm) {
   return s;
 }
 
-torch::Tensor conv_path_forward(nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt) {
+torch::Tensor path_forward(nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt) {
   if (!opt.fused_kernels) return path->forward(x);
   const size_t n = path->size();
   auto is = [&](size_t i, auto* type) {
@@ -117,15 +124,15 @@ DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
 }
 
 torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
-  auto img = conv_path_forward(image_path, x, options);
+  auto img = path_forward(image_path, x, options);
   torch::Tensor lab;
   if (options.label_is_image) {
-    lab = conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options);
+    lab = path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options);
   } else {
-    auto h = label_in->forward(z);
-    lab = label_res->forward(h) + h;
+    auto h = path_forward(label_in, z, fp32_options(options));
+    lab = path_forward(label_res, h, fp32_options(options)) + h;
   }
-  return fused->forward(torch::cat({img, lab}, 1));
+  return path_forward(fused, torch::cat({img, lab}, 1), fp32_options(options));
 }
 
 namespace {
@@ -269,7 +276,7 @@ ContinuousBlockImpl::ContinuousBlockImpl(const BlockOptions& opt) : options(opt)
 
 torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
   // fused_in(concat(img, lab, time)) = img·W_imgᵀ + b + lab·W_labᵀ + time·W_timeᵀ.
-  return torch::addmm(fused_in->bias, conv_path_forward(image_path, x, options),
+  return torch::addmm(fused_in->bias, path_forward(image_path, x, options),
                       fused_in->weight.slice(1, 0, kFeatures).t());
 }
 
@@ -277,13 +284,14 @@ torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepare
                                                     const torch::Tensor& t) {
   auto lab =
       options.label_is_image
-          ? conv_path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options)
-          : label_in->forward(z);
-  auto tim = time_in->forward(time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim));
+          ? path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options)
+          : path_forward(label_in, z, fp32_options(options));
+  auto tim =
+      path_forward(time_in, time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim), fp32_options(options));
   const auto& w = fused_in->weight;
   auto h = prepared + lab.matmul(w.slice(1, kFeatures, 2 * kFeatures).t()) +
            tim.matmul(w.slice(1, 2 * kFeatures, 3 * kFeatures).t());
-  return fused->forward(h);
+  return path_forward(fused, h, fp32_options(options));
 }
 
 namespace {

@@ -27,10 +27,11 @@ namespace noprop {
 // Conv feature extractor ending in FC 256 → BN (or FC 256 → ReLU without batch norm for the
 // continuous-time model); shared by the image path and the prototype label path.
 torch::nn::Sequential make_conv_path(const BlockOptions& opt, bool batch_norm = true);
-// Runs a conv path. With opt.fused_kernels, each convolution goes through kernels::conv3x3 and
-// each linear layer through kernels::linear (the way opt.conv says), and each ReLU → MaxPool2d → Dropout (or
-// ReLU → Dropout) run of modules through one fused kernel instead; the parameters are the same either way.
-torch::Tensor conv_path_forward(torch::nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt);
+// Runs one of a block's paths: a conv path, the label path or the fused head. With
+// opt.fused_kernels, each convolution goes through kernels::conv3x3 and each linear layer through
+// kernels::linear (the way opt.conv says), and each ReLU → MaxPool2d → Dropout (or ReLU → Dropout)
+// run of modules through one fused kernel instead; the parameters are the same either way.
+torch::Tensor path_forward(torch::nn::Sequential& path, const torch::Tensor& x, const BlockOptions& opt);
 
 struct DenoiseBlockImpl : BlockImpl {
   explicit DenoiseBlockImpl(const BlockOptions& opt);
