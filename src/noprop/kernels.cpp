@@ -2,7 +2,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <ATen/record_function.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -125,14 +125,15 @@ DenoiseBlockImpl::DenoiseBlockImpl(const BlockOptions& opt) : options(opt) {
 
 torch::Tensor DenoiseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& z) {
   auto img = path_forward(image_path, x, options);
+  const auto dense = fp32_options(options);
   torch::Tensor lab;
   if (options.label_is_image) {
     lab = path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options);
   } else {
-    auto h = path_forward(label_in, z, fp32_options(options));
-    lab = path_forward(label_res, h, fp32_options(options)) + h;
+    auto h = path_forward(label_in, z, dense);
+    lab = path_forward(label_res, h, dense) + h;
   }
-  return path_forward(fused, torch::cat({img, lab}, 1), fp32_options(options));
+  return path_forward(fused, torch::cat({img, lab}, 1), dense);
 }
 
 namespace {
@@ -282,16 +283,16 @@ torch::Tensor ContinuousBlockImpl::prepare(const torch::Tensor& x) {
 
 torch::Tensor ContinuousBlockImpl::forward_prepared(const torch::Tensor& prepared, const torch::Tensor& z,
                                                     const torch::Tensor& t) {
+  const auto dense = fp32_options(options);
   auto lab =
       options.label_is_image
           ? path_forward(label_conv, z.view({z.size(0), options.channels, options.height, options.width}), options)
-          : path_forward(label_in, z, fp32_options(options));
-  auto tim =
-      path_forward(time_in, time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim), fp32_options(options));
+          : path_forward(label_in, z, dense);
+  auto tim = path_forward(time_in, time_embedding(t.to(z.scalar_type()).reshape({-1}), kTimeDim), dense);
   const auto& w = fused_in->weight;
   auto h = prepared + lab.matmul(w.slice(1, kFeatures, 2 * kFeatures).t()) +
            tim.matmul(w.slice(1, 2 * kFeatures, 3 * kFeatures).t());
-  return path_forward(fused, h, fp32_options(options));
+  return path_forward(fused, h, dense);
 }
 
 namespace {
