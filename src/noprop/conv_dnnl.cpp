@@ -1,12 +1,13 @@
 // The image path's 3×3 convolutions and its flattened-features layer through oneDNN directly
 // (kernels.h: conv3x3, linear): with bf16 operands on CPUs that compute bf16 natively (AMX pays;
 // AVX512-BF16 alone was slower than fp32), or in fp32 with oneDNN's Winograd kernels (AVX-512).
+// On those paths every fp32 linear layer of the blocks runs on oneDNN's sgemm (SgemmLinear).
 //
 // Why not LibTorch's op, which calls the same library (Debian's LibTorch links libdnnl.so.2)?
 // Measured with bench/bench_dnnl.cpp (docs/speed.md): LibTorch casts every operand and reorders
 // around every call, and its bf16 autocast made a step slower than fp32; oneDNN called directly
 // runs its AMX kernels at 4-11× the fp32 speed (the layer after the convolutions, 3136 or 6272 →
-// 256, is OpenBLAS fp32 otherwise). LibTorch never picks Winograd, 1.6-1.7× faster than its
+// 256, is fp32 otherwise). LibTorch never picks Winograd, 1.6-1.7× faster than its
 // direct fp32 kernels on AVX-512. Each call here reorders its fp32 operands into the layouts
 // oneDNN chooses (bf16 or fp32), runs one primitive into fp32, and reorders back: fp32 in and out
 // (weights, gradients and everything else stay fp32). Activations may come and go in oneDNN's
