@@ -533,6 +533,24 @@ TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   if (kernels::conv_bf16_supported()) {
     EXPECT_EQ(conv_precision(cfg), "bf16");
   }
+  // Stacked NoProp-DT steps run LibTorch's fp32 ops: auto follows them, an explicit oneDNN path
+  // is an error; other methods ignore the key.
+  cfg.stacked_blocks = true;
+  for (const std::string want : {"bf16", "winograd"}) {
+    cfg.conv_precision = want;
+    try {
+      conv_precision(cfg);
+      FAIL() << want << " with stacked_blocks accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("stacked_blocks"), std::string::npos) << e.what();
+    }
+  }
+  cfg.conv_precision = "auto";
+  EXPECT_EQ(conv_precision(cfg), "fp32");
+  cfg.method = "backprop";
+  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast()            ? "bf16"
+                                 : kernels::conv_winograd_supported() ? "winograd"
+                                                                      : "fp32");
 }
 
 }  // namespace

@@ -120,7 +120,8 @@ const std::vector<Key>& keys() {
            "NoProp-DT: head/embedding gradients taken after each block's step, or all at the batch's start "
            "(block-parallel runs)"),
       flag("stacked_blocks", &Config::stacked_blocks,
-           "NoProp-DT, per_batch: all blocks' training step as one computation on stacked weights (GPUs)"),
+           "NoProp-DT, per_batch: all blocks' training step as one computation on stacked weights (GPUs; "
+           "LibTorch's fp32 ops, so conv_precision auto gives fp32)"),
       number("noise_schedule_min", &Config::noise_schedule_min, 1e-9, 0.5, "ᾱ_min of the cosine schedule"),
       number("noise_schedule_max", &Config::noise_schedule_max, 0.5, 1 - 1e-9, "ᾱ_max of the cosine schedule"),
       number("cosine_s", &Config::cosine_s, 0, 1, "offset s of the cosine schedule"),

@@ -22,6 +22,12 @@ kernels::ConvPath conv_path(const std::string& precision) {
 std::string conv_precision(const Config& cfg) {
   const bool fused = cfg.kernels == "fused";
   const std::string& want = cfg.conv_precision;
+  // A stacked NoProp-DT step runs LibTorch's ops on the stacked weights, in fp32: the blocks' own
+  // forward, which evaluates them, must compute what trained them (and the run must say so).
+  const bool stacked = cfg.stacked_blocks && cfg.method == "dt";
+  if (stacked && (want == "bf16" || want == "winograd"))
+    throw Error("config key 'conv_precision': " + want +
+                " does not apply with stacked_blocks: true, whose steps run LibTorch's fp32 ops");
   if (want == "bf16" && !(fused && kernels::conv_bf16_supported()))
     throw Error(
         "config key 'conv_precision': bf16 needs kernels: fused, a build with oneDNN and a CPU with "
@@ -30,7 +36,7 @@ std::string conv_precision(const Config& cfg) {
     throw Error(
         "config key 'conv_precision': winograd needs kernels: fused, a build with oneDNN and a CPU with AVX-512");
   // The kernels are CPU ones: on a GPU the blocks run LibTorch's ops, in fp32.
-  if (cfg.device != "cpu" || !fused) return "fp32";
+  if (cfg.device != "cpu" || !fused || stacked) return "fp32";
   if (want != "auto") return want;
   // bf16 where AMX runs it; else fp32 Winograd where oneDNN has it (AVX-512): 1.1-1.4× faster
   // NoProp-DT steps than LibTorch's direct convolutions (docs/speed.md).
