@@ -499,9 +499,10 @@ namespace {
 // be had is an error naming the key, not a silent fp32 run.
 TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   Config cfg;
-  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast()            ? "bf16"
-                                 : kernels::conv_winograd_supported() ? "winograd"
-                                                                      : "fp32");
+  const std::string cpu_auto = kernels::conv_bf16_fast()            ? "bf16"
+                               : kernels::conv_winograd_supported() ? "winograd"
+                                                                    : "fp32";
+  EXPECT_EQ(conv_precision(cfg), cpu_auto);
   cfg.conv_precision = "fp32";
   EXPECT_EQ(conv_precision(cfg), "fp32");
   cfg.kernels = "torch";
@@ -548,9 +549,7 @@ TEST(Conv3x3, ConvPrecisionResolvesPerCpuAndKernels) {
   cfg.conv_precision = "auto";
   EXPECT_EQ(conv_precision(cfg), "fp32");
   cfg.method = "backprop";
-  EXPECT_EQ(conv_precision(cfg), kernels::conv_bf16_fast()            ? "bf16"
-                                 : kernels::conv_winograd_supported() ? "winograd"
-                                                                      : "fp32");
+  EXPECT_EQ(conv_precision(cfg), cpu_auto);
 }
 
 }  // namespace
